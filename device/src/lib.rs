@@ -1,0 +1,1 @@
+//! gaussedge device (see issues).

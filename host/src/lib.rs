@@ -1,0 +1,1 @@
+//! gaussedge host (see issues).

@@ -1,0 +1,439 @@
+//! The statistics file: everything a head needs to come back after a
+//! reboot, a transfer or a merge.
+//!
+//! Layout (all integers little-endian; items after the prefix are postcard):
+//!
+//! | part | encoding |
+//! | --- | --- |
+//! | magic `GEHS` | 4 bytes |
+//! | format version | u16, 2 bytes |
+//! | total file length | u64, 8 bytes |
+//! | [`StatsHeader`] | postcard |
+//! | per class: label, count | postcard ([`ClassRecord`]) |
+//! | per class: mean | postcard sequence of `D` f64 |
+//! | centre (only with the `center_l2` transform) | postcard sequence of `D` f64 |
+//! | pooled accumulator, packed lower triangle | postcard sequence of `D(D+1)/2` f64 |
+//! | CRC-32 (ISO-HDLC) of everything before it | u32, 4 bytes |
+//!
+//! A postcard `f64` sequence is a varint length and 8 little-endian bytes per
+//! value, so the arrays are read and written here directly, without a heap
+//! and with exact errors, while staying plain postcard. The length in the
+//! prefix turns any truncation into [`StatsError::Truncated`] before the CRC
+//! is even looked at; the CRC catches every single-bit flip and every burst
+//! up to 32 bits. Loading parses the whole file once to validate it and only
+//! then touches the head (see [`load`]), so a bad file never leaves a broken
+//! head behind.
+
+use crate::config::{HeadSettings, Transform, Weighting};
+use crate::head::{GaussianHead, HeadError, Label, Storage};
+use crate::linalg::tri_len;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 4] = *b"GEHS";
+pub const VERSION: u16 = 1;
+const PREFIX: usize = 4 + 2 + 8;
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Image preprocessing the backbone expects, recorded with its statistics
+/// so a device can refuse a mismatched pair and prepare frames itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Preprocess {
+    pub width: u16,
+    pub height: u16,
+    /// Channels the backbone takes (3); grey frames are replicated.
+    pub channels: u8,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// The postcard header after the fixed prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StatsHeader {
+    pub dim: u32,
+    /// Capacity of the head that wrote the file (informational: a head with
+    /// more room can load it).
+    pub capacity: u32,
+    pub classes: u32,
+    pub weighting: Weighting,
+    pub settings: HeadSettings,
+    pub transform: Transform,
+    /// Normaliser `z` of the pooled accumulator.
+    pub scatter_norm: f64,
+    /// SHA-256 of the backbone ONNX these features come from.
+    pub backbone_sha256: [u8; 32],
+    pub preprocess: Preprocess,
+}
+
+/// Label and sample count of one class; its mean follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassRecord {
+    pub label: Label,
+    pub count: u64,
+}
+
+/// Facts about the backbone the statistics belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StatsMeta {
+    pub backbone_sha256: [u8; 32],
+    pub preprocess: Preprocess,
+}
+
+/// What the loader insists on; `None` accepts anything.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Expect {
+    pub backbone_sha256: Option<[u8; 32]>,
+}
+
+/// A SHA-256 (or any byte string) shown as hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a statistics file was refused. Loading never panics and never leaves
+/// a half-written head.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatsError {
+    #[error("statistics file truncated: {found} bytes, expected {expected}")]
+    Truncated { expected: u64, found: u64 },
+    #[error("statistics file has {found} bytes, its header says {expected}")]
+    LengthMismatch { expected: u64, found: u64 },
+    #[error("not a gaussedge statistics file (magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    #[error("statistics format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion { found: u16, supported: u16 },
+    #[error("statistics file is corrupt: CRC-32 {computed:08x}, stored {stored:08x}")]
+    Crc { stored: u32, computed: u32 },
+    #[error("statistics file is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("statistics are for feature dimension {file}, the head has {head}")]
+    DimMismatch { file: u32, head: u32 },
+    #[error("statistics belong to backbone {}, not the loaded backbone {}", Hex(file), Hex(expected))]
+    BackboneMismatch { file: [u8; 32], expected: [u8; 32] },
+    #[error("statistics hold {classes} classes, the head has room for {capacity}")]
+    TooManyClasses { classes: u32, capacity: u32 },
+    #[error("statistics cannot be installed: {0}")]
+    Head(#[from] HeadError),
+}
+
+/// Writing failed: the sink's own error, or a head that is mid-learning.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError<E> {
+    #[error("writing statistics: {0}")]
+    Sink(E),
+    #[error("a class is being learned; commit or abort it before saving")]
+    Busy,
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn seq_len(n: usize) -> u64 {
+    (varint_len(n as u64) + 8 * n) as u64
+}
+
+/// The header a head would be saved with.
+pub fn header_of<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> StatsHeader {
+    StatsHeader {
+        dim: head.dim() as u32,
+        capacity: head.capacity() as u32,
+        classes: head.class_count() as u32,
+        weighting: head.weighting(),
+        settings: head.settings(),
+        transform: head.transform(),
+        scatter_norm: head.scatter_norm(),
+        backbone_sha256: meta.backbone_sha256,
+        preprocess: meta.preprocess,
+    }
+}
+
+fn postcard_len<T: Serialize>(v: &T) -> u64 {
+    postcard::experimental::serialized_size(v).map(|n| n as u64).unwrap_or(0)
+}
+
+/// Exact size in bytes of the file [`write`] produces.
+pub fn encoded_len<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> u64 {
+    let header = header_of(head, meta);
+    let d = head.dim();
+    let mut n = PREFIX as u64 + postcard_len(&header);
+    for (_, slot) in head.classes() {
+        n += postcard_len(&ClassRecord { label: slot.label.clone(), count: slot.count });
+        n += seq_len(d);
+    }
+    if header.transform.center_l2 {
+        n += seq_len(d);
+    }
+    n + seq_len(tri_len(d)) + 4
+}
+
+/// Streams the head's committed statistics to `sink` in pieces of at most a
+/// few hundred bytes. Needs no allocation. Returns the bytes written.
+pub fn write<S: Storage, E>(
+    head: &GaussianHead<S>,
+    meta: &StatsMeta,
+    mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, WriteError<E>> {
+    if head.learning().is_some() {
+        return Err(WriteError::Busy);
+    }
+    let mut w = Writer { digest: CRC.digest(), sink: &mut sink, written: 0 };
+    let header = header_of(head, meta);
+    let total = encoded_len(head, meta);
+    w.put(&MAGIC)?;
+    w.put(&VERSION.to_le_bytes())?;
+    w.put(&total.to_le_bytes())?;
+    w.item(&header)?;
+    for (slot, entry) in head.classes() {
+        w.item(&ClassRecord { label: entry.label.clone(), count: entry.count })?;
+        w.f64s(head.mean(slot))?;
+    }
+    if header.transform.center_l2 {
+        w.f64s(head.center())?;
+    }
+    w.f64s(head.pooled())?;
+    let crc = w.digest.finalize();
+    (w.sink)(&crc.to_le_bytes()).map_err(WriteError::Sink)?;
+    debug_assert_eq!(w.written + 4, total);
+    Ok(w.written + 4)
+}
+
+struct Writer<'a, F> {
+    digest: crc::Digest<'static, u32>,
+    sink: &'a mut F,
+    written: u64,
+}
+
+impl<F, E> Writer<'_, F>
+where
+    F: FnMut(&[u8]) -> Result<(), E>,
+{
+    fn put(&mut self, bytes: &[u8]) -> Result<(), WriteError<E>> {
+        self.digest.update(bytes);
+        self.written += bytes.len() as u64;
+        (self.sink)(bytes).map_err(WriteError::Sink)
+    }
+
+    fn item<T: Serialize>(&mut self, v: &T) -> Result<(), WriteError<E>> {
+        // Header and class records are far below 256 bytes (a label is at
+        // most 32).
+        let mut buf = [0u8; 256];
+        let used = postcard::to_slice(v, &mut buf).map(|s| s.len()).unwrap_or(0);
+        self.put(&buf[..used])
+    }
+
+    fn f64s(&mut self, values: &[f64]) -> Result<(), WriteError<E>> {
+        let mut buf = [0u8; 512];
+        let n = postcard::to_slice(&(values.len() as u64), &mut buf).map(|s| s.len()).unwrap_or(0);
+        self.put(&buf[..n])?;
+        for chunk in values.chunks(64) {
+            for (dst, v) in buf.chunks_exact_mut(8).zip(chunk) {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
+            self.put(&buf[..chunk.len() * 8])?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the statistics into a new `Vec`.
+#[cfg(feature = "alloc")]
+pub fn to_vec<S: Storage>(
+    head: &GaussianHead<S>,
+    meta: &StatsMeta,
+) -> Result<alloc::vec::Vec<u8>, WriteError<core::convert::Infallible>> {
+    let mut out = alloc::vec::Vec::with_capacity(encoded_len(head, meta) as usize);
+    write(head, meta, |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks prefix, length and CRC, then parses the header. Cheap: use it to
+/// inspect a file or to vet a transfer before touching anything.
+pub fn read_header(bytes: &[u8]) -> Result<StatsHeader, StatsError> {
+    let found = bytes.len() as u64;
+    if bytes.len() < PREFIX + 4 {
+        return Err(StatsError::Truncated { expected: (PREFIX + 4) as u64, found });
+    }
+    let magic: [u8; 4] = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != MAGIC {
+        return Err(StatsError::BadMagic(magic));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != VERSION {
+        return Err(StatsError::UnsupportedVersion { found: version, supported: VERSION });
+    }
+    let mut total = [0u8; 8];
+    total.copy_from_slice(&bytes[6..14]);
+    let expected = u64::from_le_bytes(total);
+    if found < expected {
+        return Err(StatsError::Truncated { expected, found });
+    }
+    if found > expected {
+        return Err(StatsError::LengthMismatch { expected, found });
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let computed = CRC.checksum(body);
+    if stored != computed {
+        return Err(StatsError::Crc { stored, computed });
+    }
+    let (header, _) =
+        postcard::take_from_bytes::<StatsHeader>(&body[PREFIX..]).map_err(|_| StatsError::Malformed("header"))?;
+    Ok(header)
+}
+
+/// A forward-only reader over the validated body.
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn item<T: Deserialize<'a>>(&mut self, what: &'static str) -> Result<T, StatsError> {
+        let (v, rest) = postcard::take_from_bytes::<T>(self.rest).map_err(|_| StatsError::Malformed(what))?;
+        self.rest = rest;
+        Ok(v)
+    }
+
+    /// Reads a sequence of exactly `n` finite f64 values, into `out` if given.
+    fn f64s(&mut self, n: usize, out: Option<&mut [f64]>, what: &'static str) -> Result<(), StatsError> {
+        let len: u64 = self.item(what)?;
+        if len != n as u64 {
+            return Err(StatsError::Malformed(what));
+        }
+        let bytes = n.checked_mul(8).filter(|&b| b <= self.rest.len()).ok_or(StatsError::Malformed(what))?;
+        let (data, rest) = self.rest.split_at(bytes);
+        let mut out = out;
+        for (i, chunk) in data.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let v = f64::from_le_bytes(b);
+            if !v.is_finite() {
+                return Err(StatsError::Malformed(what));
+            }
+            if let Some(o) = out.as_deref_mut() {
+                o[i] = v;
+            }
+        }
+        self.rest = rest;
+        Ok(())
+    }
+
+    /// Skips a sequence of `n` f64 already validated.
+    fn skip_f64s(&mut self, n: usize) -> Result<(), StatsError> {
+        let _: u64 = self.item("class mean")?;
+        let rest = self.rest.get(n * 8..).ok_or(StatsError::Malformed("class mean"))?;
+        self.rest = rest;
+        Ok(())
+    }
+}
+
+/// A cursor at the first item after the header.
+fn after_header(body: &[u8]) -> Result<Cursor<'_>, StatsError> {
+    let mut c = Cursor { rest: &body[PREFIX..] };
+    let _: StatsHeader = c.item("header")?;
+    Ok(c)
+}
+
+/// Validates `bytes` completely, then replaces the head's statistics with
+/// them, atomically: on any error the head is unchanged. The head's dimension
+/// must match and its capacity must hold the file's classes; weighting,
+/// settings and transform come from the file.
+pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expect) -> Result<StatsHeader, StatsError> {
+    let header = read_header(bytes)?;
+    if header.dim as usize != head.dim() {
+        return Err(StatsError::DimMismatch { file: header.dim, head: head.dim() as u32 });
+    }
+    if let Some(expected) = expect.backbone_sha256 {
+        if expected != header.backbone_sha256 {
+            return Err(StatsError::BackboneMismatch { file: header.backbone_sha256, expected });
+        }
+    }
+    if header.classes as usize > head.capacity() {
+        return Err(StatsError::TooManyClasses { classes: header.classes, capacity: head.capacity() as u32 });
+    }
+    if !header.scatter_norm.is_finite() || header.scatter_norm < 0.0 {
+        return Err(StatsError::Malformed("scatter normaliser"));
+    }
+    let d = head.dim();
+    let n = header.classes as usize;
+    let body = &bytes[..bytes.len() - 4];
+
+    // Pass 1: validate everything without writing anything.
+    let mut c = after_header(body)?;
+    let classes = c.rest;
+    for i in 0..n {
+        let rec: ClassRecord = c.item("class record")?;
+        if rec.label.is_empty() || rec.count == 0 {
+            return Err(StatsError::Malformed("class record"));
+        }
+        c.f64s(d, None, "class mean")?;
+        // Duplicate labels would make two classes indistinguishable.
+        let mut prev = Cursor { rest: classes };
+        for _ in 0..i {
+            let other: ClassRecord = prev.item("class record")?;
+            if other.label == rec.label {
+                return Err(StatsError::Malformed("duplicate class label"));
+            }
+            prev.skip_f64s(d)?;
+        }
+    }
+    let mut center = Cursor { rest: c.rest };
+    if header.transform.center_l2 {
+        c.f64s(d, None, "centre")?;
+    }
+    let mut pooled = Cursor { rest: c.rest };
+    c.f64s(tri_len(d), None, "pooled scatter")?;
+    if !c.rest.is_empty() {
+        return Err(StatsError::Malformed("trailing bytes"));
+    }
+
+    // Pass 2: the same items, now written into the head. Parsing cannot fail
+    // any more; the factorisation can, and the head handles it atomically.
+    let mut records = Cursor { rest: classes };
+    let mut left = n;
+    head.install(
+        header.weighting,
+        header.settings,
+        header.transform,
+        header.scatter_norm,
+        |buf| {
+            let _ = pooled.f64s(tri_len(d), Some(buf), "pooled scatter");
+        },
+        |buf| {
+            if header.transform.center_l2 {
+                let _ = center.f64s(d, Some(buf), "centre");
+            } else {
+                buf.iter_mut().for_each(|v| *v = 0.0);
+            }
+        },
+        |mean| {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            let rec: ClassRecord = records.item("class record").ok()?;
+            records.f64s(d, Some(mean), "class mean").ok()?;
+            Some((rec.label, rec.count))
+        },
+    )?;
+    Ok(header)
+}

@@ -1,0 +1,399 @@
+//! The host-device wire protocol: messages and their framing.
+//!
+//! A frame on the wire is
+//!
+//! ```text
+//! COBS( seq: u32 LE | postcard(message) | CRC-32 LE of both ) 0x00
+//! ```
+//!
+//! COBS removes every zero byte from the payload, so `0x00` delimits frames
+//! and a receiver that joins mid-stream or loses bytes resynchronises at the
+//! next zero. The sequence number sits before the postcard body, outside its
+//! variable encoding, so a receiver can answer a frame whose CRC is good but
+//! whose body it cannot parse with an error carrying the right number.
+//!
+//! The host sends one [`Request`] at a time and waits for the [`Response`]
+//! with the same sequence number (stop-and-wait); on a timeout or a bad frame
+//! it sends the same request again with the same number, and the device
+//! answers a repeated number from its cache instead of applying it twice.
+//!
+//! Every buffer is fixed at compile time: no message exceeds [`MAX_BODY`]
+//! bytes, no frame [`MAX_FRAME`]. Anything larger (statistics, bundles,
+//! large images) moves in chunks of at most [`MAX_CHUNK`] bytes.
+
+use crate::config::HeadSettings;
+use crate::head::Label;
+use crate::stats::Preprocess;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change to the messages below.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest data chunk in one message. 4 KiB holds a CIFAR (3 KiB) or
+/// Fashion-MNIST (784 B) frame in a single message.
+pub const MAX_CHUNK: usize = 4096;
+/// Largest encoded message body (chunk plus its envelope).
+pub const MAX_BODY: usize = MAX_CHUNK + 96;
+/// Sequence number plus body plus CRC, before COBS.
+pub const MAX_PAYLOAD: usize = 4 + MAX_BODY + 4;
+/// Largest frame on the wire, delimiter included.
+pub const MAX_FRAME: usize = cobs::max_encoding_length(MAX_PAYLOAD) + 1;
+/// Class entries per [`Response::Classes`] page.
+pub const CLASSES_PER_PAGE: usize = 16;
+
+/// Bytes of one chunk.
+pub type Chunk = heapless::Vec<u8, MAX_CHUNK>;
+/// Short human-readable detail in errors and version strings.
+pub type Text = heapless::String<64>;
+
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Pixel layout of a raw frame: `u8`, row-major, channels interleaved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameFormat {
+    pub width: u16,
+    pub height: u16,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: u8,
+}
+
+impl FrameFormat {
+    pub fn len(&self) -> usize {
+        self.width as usize * self.height as usize * self.channels as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the device does with a frame once it has all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameUse {
+    /// Add it to the class being learned.
+    Learn,
+    /// Classify it.
+    Predict,
+}
+
+/// Files of a model bundle, each uploaded on its own and activated together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BundleFile {
+    Backbone,
+    Manifest,
+    Stats,
+}
+
+/// Where an upload goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UploadTarget {
+    /// Replace the head's statistics (verified, then applied atomically).
+    Stats,
+    /// A frame larger than one chunk.
+    Frame { format: FrameFormat, usage: FrameUse },
+    /// One file of a new bundle, staged until [`Request::ActivateBundle`].
+    Bundle(BundleFile),
+}
+
+/// What a download reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownloadSource {
+    /// The head's committed statistics file.
+    Stats,
+    /// Sample `index` of the captures stored for `label`.
+    Capture { label: Label, index: u32 },
+}
+
+/// Requests, host to device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Who are you? Answered with [`Response::Info`].
+    Hello,
+    /// Classes from index `from` on, answered with [`Response::Classes`].
+    ListClasses { from: u16 },
+    /// Change regulariser and prior (refactors; atomic).
+    SetSettings(HeadSettings),
+    /// Squared Mahalanobis distance above which a prediction is flagged novel.
+    SetNoveltyThreshold(f64),
+    /// Forget every learned class: reload the last pushed or flashed
+    /// statistics.
+    Reset,
+    /// Start an upload of `len` bytes whose SHA-256 is `sha256`.
+    BeginUpload { target: UploadTarget, len: u32, sha256: [u8; 32] },
+    /// The bytes at `offset` of the current upload; chunks arrive in order.
+    UploadChunk { offset: u32, data: Chunk },
+    /// Verify and apply the upload.
+    FinishUpload,
+    /// Read up to `max` bytes at `offset` of `source`.
+    Download { source: DownloadSource, offset: u32, max: u16 },
+    /// Start learning class `label`: a new class, or more samples for an
+    /// existing one with `extend`.
+    BeginClass { label: Label, extend: bool },
+    /// A frame that fits in one message.
+    Frame { format: FrameFormat, usage: FrameUse, data: Chunk },
+    /// Capture `count` frames from the device's own source (camera) into the
+    /// class being learned. `source_class` steers a simulated camera.
+    Capture { count: u16, source_class: Option<u16> },
+    /// Make the class being learned part of the head (atomic, persisted).
+    CommitClass,
+    /// Drop the class being learned.
+    AbortClass,
+    /// Remove a class.
+    ForgetClass { label: Label },
+    /// Swap in the uploaded bundle files (all verified) atomically.
+    ActivateBundle,
+}
+
+/// Description of a device, answered to [`Request::Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub protocol: u16,
+    pub firmware: Text,
+    pub dim: u32,
+    pub capacity: u16,
+    pub classes: u16,
+    /// Class being learned and samples staged.
+    pub learning: Option<(Label, u64)>,
+    pub backbone_sha256: [u8; 32],
+    pub preprocess: Preprocess,
+    pub settings: HeadSettings,
+    pub novelty_threshold: f64,
+    /// Largest frame the device accepts.
+    pub max_frame: FrameFormat,
+    pub max_chunk: u32,
+    /// Persistence slot the head was loaded from, and its generation.
+    pub slot: Option<u8>,
+    pub generation: u64,
+    /// Size of the committed statistics file.
+    pub stats_len: u32,
+}
+
+/// One class in a [`Response::Classes`] page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassEntry {
+    pub slot: u16,
+    pub label: Label,
+    pub count: u64,
+    /// Captured samples stored on the device for this class.
+    pub stored: u32,
+}
+
+/// A classification, answered to a predict frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionMsg {
+    pub slot: u16,
+    pub label: Label,
+    pub score: f64,
+    pub novelty: f64,
+    pub novel: bool,
+}
+
+/// Error kinds a device reports; `detail` in [`Response::Error`] says more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame's CRC was good but its body did not parse.
+    BadRequest,
+    /// Not allowed in the current state (for example learning in progress).
+    Busy,
+    NotLearning,
+    Full,
+    DuplicateLabel,
+    UnknownClass,
+    EmptyClass,
+    NoClasses,
+    DimMismatch,
+    BadFrame,
+    NotPositiveDefinite,
+    BadStats,
+    BackboneMismatch,
+    /// Upload chunk out of order or beyond the announced length.
+    UploadOrder,
+    /// Uploaded bytes do not match the announced SHA-256.
+    UploadHash,
+    NoUpload,
+    NotFound,
+    Capture,
+    Storage,
+    Unsupported,
+}
+
+/// Responses, device to host. Variants differ in size on purpose: every
+/// message lives in a fixed buffer, never behind a pointer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Info(DeviceInfo),
+    Classes {
+        total: u16,
+        entries: heapless::Vec<ClassEntry, CLASSES_PER_PAGE>,
+    },
+    /// Samples staged for the class being learned.
+    Staged {
+        count: u64,
+    },
+    Committed {
+        slot: u16,
+        count: u64,
+    },
+    Prediction(PredictionMsg),
+    Data {
+        total: u32,
+        offset: u32,
+        data: Chunk,
+    },
+    Error {
+        code: ErrorCode,
+        detail: Text,
+    },
+}
+
+/// Framing failures. None of them is fatal to a link: the receiver drops the
+/// frame and the sender's retry covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame longer than {MAX_FRAME} bytes, dropped")]
+    Oversize,
+    #[error("frame is not valid COBS")]
+    Cobs,
+    #[error("frame too short to hold a sequence number and CRC")]
+    TooShort,
+    #[error("frame CRC mismatch")]
+    Crc,
+    #[error("frame body does not parse as a message (sequence {seq})")]
+    Body { seq: u32 },
+    #[error("message does not fit in a frame")]
+    TooLarge,
+}
+
+/// Encodes `message` with sequence number `seq` into `out`, delimiter
+/// included. Returns the frame's length.
+pub fn encode<T: Serialize>(seq: u32, message: &T, out: &mut [u8; MAX_FRAME]) -> Result<usize, FrameError> {
+    let mut raw = [0u8; MAX_PAYLOAD];
+    raw[..4].copy_from_slice(&seq.to_le_bytes());
+    let body = postcard::to_slice(message, &mut raw[4..4 + MAX_BODY]).map_err(|_| FrameError::TooLarge)?.len();
+    let crc = CRC.checksum(&raw[..4 + body]);
+    raw[4 + body..8 + body].copy_from_slice(&crc.to_le_bytes());
+    let n = cobs::try_encode(&raw[..8 + body], &mut out[..MAX_FRAME - 1]).map_err(|_| FrameError::TooLarge)?;
+    out[n] = 0;
+    Ok(n + 1)
+}
+
+/// Encodes into a new `Vec` (host side).
+#[cfg(feature = "alloc")]
+pub fn encode_vec<T: Serialize>(seq: u32, message: &T) -> Result<alloc::vec::Vec<u8>, FrameError> {
+    let mut out = [0u8; MAX_FRAME];
+    let n = encode(seq, message, &mut out)?;
+    Ok(out[..n].to_vec())
+}
+
+/// A checked frame: its sequence number and the postcard body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawFrame<'a> {
+    pub seq: u32,
+    pub body: &'a [u8],
+}
+
+impl<'a> RawFrame<'a> {
+    /// Parses the body as a message.
+    pub fn parse<T: Deserialize<'a>>(&self) -> Result<T, FrameError> {
+        match postcard::take_from_bytes::<T>(self.body) {
+            Ok((msg, [])) => Ok(msg),
+            _ => Err(FrameError::Body { seq: self.seq }),
+        }
+    }
+}
+
+/// Checks a decoded (un-COBSed) payload: length, CRC, sequence number.
+fn check(payload: &[u8]) -> Result<RawFrame<'_>, FrameError> {
+    if payload.len() < 8 {
+        return Err(FrameError::TooShort);
+    }
+    let (data, crc) = payload.split_at(payload.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if CRC.checksum(data) != stored {
+        return Err(FrameError::Crc);
+    }
+    let seq = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+    Ok(RawFrame { seq, body: &data[4..] })
+}
+
+/// Decodes one COBS frame in place (without its delimiter).
+pub fn decode(frame: &mut [u8]) -> Result<RawFrame<'_>, FrameError> {
+    let n = cobs::decode_in_place(frame).map_err(|_| FrameError::Cobs)?;
+    check(&frame[..n])
+}
+
+/// What [`FrameDecoder::feed`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Feed<'a, 'b> {
+    /// All input consumed, no frame complete yet.
+    Consumed,
+    /// A complete, checked frame; `rest` is the unconsumed input.
+    Frame { frame: RawFrame<'a>, rest: &'b [u8] },
+    /// A complete frame that failed its checks; `rest` is the unconsumed input.
+    Error { error: FrameError, rest: &'b [u8] },
+}
+
+/// Reassembles frames from bytes that arrive in arbitrary pieces, in one
+/// fixed buffer. A frame that outgrows the buffer is dropped whole (up to
+/// its delimiter) and reported as [`FrameError::Oversize`]; memory never
+/// grows.
+pub struct FrameDecoder {
+    buf: [u8; MAX_FRAME],
+    len: usize,
+    overflow: bool,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameDecoder {
+    pub const fn new() -> Self {
+        FrameDecoder { buf: [0; MAX_FRAME], len: 0, overflow: false }
+    }
+
+    /// Drops any partial frame.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.overflow = false;
+    }
+
+    /// Consumes input up to and including the first delimiter. Call again
+    /// with `rest` until it returns [`Feed::Consumed`].
+    pub fn feed<'a, 'b>(&'a mut self, input: &'b [u8]) -> Feed<'a, 'b> {
+        let Some(end) = input.iter().position(|&b| b == 0) else {
+            self.push(input);
+            return Feed::Consumed;
+        };
+        self.push(&input[..end]);
+        let rest = &input[end + 1..];
+        let (len, overflow) = (self.len, self.overflow);
+        self.len = 0;
+        self.overflow = false;
+        if overflow {
+            return Feed::Error { error: FrameError::Oversize, rest };
+        }
+        if len == 0 {
+            // Back-to-back delimiters: an empty frame, used to flush a line.
+            return Feed::Error { error: FrameError::TooShort, rest };
+        }
+        match decode(&mut self.buf[..len]) {
+            Ok(frame) => Feed::Frame { frame, rest },
+            Err(error) => Feed::Error { error, rest },
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.len + data.len() > self.buf.len() {
+            self.overflow = true;
+            return;
+        }
+        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
+}

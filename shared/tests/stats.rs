@@ -1,0 +1,219 @@
+//! The statistics file: round trips, and every kind of damage refused with a
+//! typed error that leaves the head exactly as it was.
+
+mod common;
+
+use common::*;
+use gaussedge_shared::config::{Estimator, HeadSettings, Power, Prior, Regularizer, Transform, Weighting};
+use gaussedge_shared::head::{GaussianHead, HeadConfig, HeadError, OwnedStorage};
+use gaussedge_shared::stats::{self, Expect, Preprocess, StatsError, StatsMeta};
+
+const SHA: [u8; 32] = [7; 32];
+
+fn meta() -> StatsMeta {
+    StatsMeta {
+        backbone_sha256: SHA,
+        preprocess: Preprocess {
+            width: 32,
+            height: 32,
+            channels: 3,
+            mean: [0.49, 0.48, 0.45],
+            std: [0.25, 0.24, 0.26],
+        },
+    }
+}
+
+fn small_head(dim: usize, classes: &[usize], seed: u64, transform: Transform) -> GaussianHead<OwnedStorage> {
+    let config =
+        HeadConfig { dim, capacity: 4, weighting: Weighting::Count, settings: Estimator::Pooled.settings(), transform };
+    let mut h = GaussianHead::with_capacity(config).unwrap();
+    if transform.center_l2 {
+        h.set_center(&(0..dim).map(|i| i as f64 * 0.1).collect::<Vec<_>>()).unwrap();
+    }
+    learn_all(&mut h, &gaussian_classes(dim, classes, seed), 0);
+    h
+}
+
+fn fresh(dim: usize, capacity: usize) -> GaussianHead<OwnedStorage> {
+    head(dim, capacity, Weighting::ClassMean, Estimator::Seed.settings())
+}
+
+/// Rewrites the CRC so that damage reaches the parser behind it.
+fn fix_crc(bytes: &mut [u8]) {
+    let n = bytes.len();
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn round_trip_restores_every_prediction() {
+    let transform = Transform { power: Some(Power { shift: 0.5, exponent: 0.5 }), center_l2: true };
+    for t in [Transform::IDENTITY, transform] {
+        let mut h = small_head(6, &[20, 15, 30], 1, t);
+        h.forget("c1").unwrap();
+        let bytes = stats::to_vec(&h, &meta()).unwrap();
+        assert_eq!(bytes.len() as u64, stats::encoded_len(&h, &meta()));
+        let mut back = fresh(6, 8);
+        let header = stats::load(&mut back, &bytes, &Expect { backbone_sha256: Some(SHA) }).unwrap();
+        assert_eq!(header.classes, 2);
+        assert_eq!(header.preprocess, meta().preprocess);
+        assert_eq!(back.config().transform, t);
+        assert_eq!(back.settings(), h.settings());
+        assert_eq!(back.weighting(), h.weighting());
+        assert_eq!(back.pooled(), h.pooled());
+        for x in gaussian_classes(6, &[10, 10, 10], 1).iter().flatten() {
+            let (a, b) = (h.predict(x, None).unwrap(), back.predict(x, None).unwrap());
+            assert_eq!(h.slots()[a.class].label, back.slots()[b.class].label);
+            assert_eq!((a.score, a.novelty), (b.score, b.novelty));
+        }
+        // A head of the same capacity saves the same bytes back (the
+        // capacity is part of the header).
+        let mut same = fresh(6, 4);
+        stats::load(&mut same, &bytes, &Expect::default()).unwrap();
+        assert_eq!(stats::to_vec(&same, &meta()).unwrap(), bytes);
+    }
+}
+
+#[test]
+fn every_truncation_and_every_bit_flip_is_refused_and_changes_nothing() {
+    let source = small_head(4, &[12, 9], 2, Transform::IDENTITY);
+    let bytes = stats::to_vec(&source, &meta()).unwrap();
+    let mut target = small_head(4, &[7, 8, 9], 3, Transform::IDENTITY);
+    let before = stats::to_vec(&target, &meta()).unwrap();
+    let unchanged = |t: &GaussianHead<OwnedStorage>| stats::to_vec(t, &meta()).unwrap() == before;
+
+    for len in 0..bytes.len() {
+        let err = stats::load(&mut target, &bytes[..len], &Expect::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StatsError::Truncated { .. } | StatsError::BadMagic(_) | StatsError::UnsupportedVersion { .. }
+            ),
+            "len {len}: {err:?}"
+        );
+        assert!(unchanged(&target));
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(stats::load(&mut target, &longer, &Expect::default()), Err(StatsError::LengthMismatch { .. })));
+
+    for bit in 0..bytes.len() * 8 {
+        let mut bad = bytes.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let err = stats::load(&mut target, &bad, &Expect::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StatsError::Crc { .. }
+                    | StatsError::BadMagic(_)
+                    | StatsError::UnsupportedVersion { .. }
+                    | StatsError::Truncated { .. }
+                    | StatsError::LengthMismatch { .. }
+            ),
+            "bit {bit}: {err:?}"
+        );
+        assert!(unchanged(&target));
+    }
+    stats::load(&mut target, &bytes, &Expect::default()).unwrap();
+    assert!(!unchanged(&target));
+}
+
+#[test]
+fn damage_behind_a_good_crc_is_still_refused() {
+    let source = small_head(4, &[12, 9], 2, Transform::IDENTITY);
+    let bytes = stats::to_vec(&source, &meta()).unwrap();
+    let mut target = small_head(4, &[7, 8], 3, Transform::IDENTITY);
+    let before = stats::to_vec(&target, &meta()).unwrap();
+    // Flip every bit after the prefix and re-seal the CRC: the parser must
+    // refuse or accept cleanly, never panic, and a refusal changes nothing.
+    let mut refused = 0;
+    for bit in 14 * 8..(bytes.len() - 4) * 8 {
+        let mut bad = bytes.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        fix_crc(&mut bad);
+        let mut t = fresh(4, 4);
+        stats::load(&mut t, &before, &Expect::default()).unwrap();
+        match stats::load(&mut t, &bad, &Expect::default()) {
+            Ok(_) => {}
+            Err(_) => {
+                refused += 1;
+                assert_eq!(stats::to_vec(&t, &meta()).unwrap(), before);
+            }
+        }
+    }
+    assert!(refused > 0);
+    // A NaN mean with a valid CRC.
+    let mut bad = bytes.clone();
+    let at = bytes.len() - 4 - 8 * 10 - 8; // inside the pooled scatter
+    bad[at..at + 8].copy_from_slice(&f64::NAN.to_le_bytes());
+    fix_crc(&mut bad);
+    assert!(matches!(stats::load(&mut target, &bad, &Expect::default()), Err(StatsError::Malformed(_))));
+}
+
+#[test]
+fn mismatches_are_named() {
+    let h = small_head(4, &[12, 9, 10], 2, Transform::IDENTITY);
+    let bytes = stats::to_vec(&h, &meta()).unwrap();
+    let mut wrong_dim = fresh(5, 4);
+    assert_eq!(
+        stats::load(&mut wrong_dim, &bytes, &Expect::default()),
+        Err(StatsError::DimMismatch { file: 4, head: 5 })
+    );
+    let mut small = fresh(4, 2);
+    assert_eq!(
+        stats::load(&mut small, &bytes, &Expect::default()),
+        Err(StatsError::TooManyClasses { classes: 3, capacity: 2 })
+    );
+    let mut t = fresh(4, 4);
+    let other = [9u8; 32];
+    let err = stats::load(&mut t, &bytes, &Expect { backbone_sha256: Some(other) }).unwrap_err();
+    assert_eq!(err, StatsError::BackboneMismatch { file: SHA, expected: other });
+    assert!(err.to_string().contains("0707"), "{err}");
+    let mut v2 = bytes.clone();
+    v2[4] = 2;
+    assert_eq!(
+        stats::load(&mut t, &v2, &Expect::default()),
+        Err(StatsError::UnsupportedVersion { found: 2, supported: 1 })
+    );
+    assert!(matches!(
+        stats::load(&mut t, b"PK\x03\x04 not a stats file", &Expect::default()),
+        Err(StatsError::BadMagic(_))
+    ));
+}
+
+#[test]
+fn a_file_that_cannot_be_factored_leaves_the_head_unchanged() {
+    // Rank-deficient statistics saved without regularisation.
+    let dim = 4;
+    let bare = HeadSettings { regularizer: Regularizer::Shrinkage(0.0), prior: Prior::Uniform };
+    let mut h = head(dim, 2, Weighting::Count, Estimator::Pooled.settings());
+    let flat: Vec<Vec<f32>> = (0..6).map(|i| vec![i as f32, 1.0, 2.0, 3.0]).collect();
+    h.begin(gaussedge_shared::label("flat").unwrap()).unwrap();
+    learn_samples(&mut h, &flat);
+    h.commit().unwrap();
+    let mut bytes = stats::to_vec(&h, &meta()).unwrap();
+    // Patch the settings in the header to "no shrinkage": find the encoded
+    // Shrinkage(1e-4) and replace it with Shrinkage(0.0).
+    let needle = 1e-4f64.to_le_bytes();
+    let at = bytes.windows(8).position(|w| w == needle).unwrap();
+    bytes[at..at + 8].copy_from_slice(&0.0f64.to_le_bytes());
+    fix_crc(&mut bytes);
+    assert_eq!(stats::read_header(&bytes).unwrap().settings, bare);
+
+    let mut target = small_head(dim, &[10, 10], 5, Transform::IDENTITY);
+    let before = stats::to_vec(&target, &meta()).unwrap();
+    let err = stats::load(&mut target, &bytes, &Expect::default()).unwrap_err();
+    assert!(matches!(err, StatsError::Head(HeadError::NotPositiveDefinite { .. })), "{err:?}");
+    assert_eq!(stats::to_vec(&target, &meta()).unwrap(), before);
+    assert!(target.predict(&[0.0; 4], None).is_ok());
+}
+
+#[test]
+fn saving_or_loading_mid_learning_is_refused() {
+    let mut h = small_head(4, &[12], 2, Transform::IDENTITY);
+    let bytes = stats::to_vec(&h, &meta()).unwrap();
+    h.begin(gaussedge_shared::label("new").unwrap()).unwrap();
+    assert!(matches!(stats::to_vec(&h, &meta()), Err(stats::WriteError::Busy)));
+    assert!(matches!(stats::load(&mut h, &bytes, &Expect::default()), Err(StatsError::Head(HeadError::Busy(_)))));
+    assert_eq!(h.learning(), Some(("new", 0)));
+}

@@ -1,0 +1,1 @@
+//! gaussedge tests (see issues).
