@@ -12,6 +12,7 @@
 //! * [`moments`]: Welford, Chan merge and removal, pooling of class scatters,
 //! * [`config`]: regularisers, priors, feature transforms, estimator presets,
 //! * [`head`]: the fixed-capacity head (learn, commit, abort, forget, predict),
+//! * [`preprocess`]: raw frames to normalised backbone input,
 //! * [`stats`]: the versioned, CRC-protected statistics file,
 //! * [`wire`]: protocol messages and COBS/CRC framing.
 #![no_std]
@@ -26,6 +27,7 @@ pub mod config;
 pub mod head;
 pub mod linalg;
 pub mod moments;
+pub mod preprocess;
 pub mod stats;
 pub mod wire;
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs everything gaussedge needs on a fresh Debian machine, idempotently.
+# Big downloads go to a cache outside the clone ($GAUSSEDGE_CACHE, default
+# ~/.cache/gaussedge) and are reused by later clones and CI runs.
+#
+#   scripts/setup.sh            apt packages, Fashion-MNIST, libtorch
+#   scripts/setup.sh --no-torch skip libtorch (shared and device only)
+#
+# Prints the environment to use, as shell assignments, on its last lines;
+# scripts/env.sh sources them.
+set -euo pipefail
+
+CACHE="${GAUSSEDGE_CACHE:-$HOME/.cache/gaussedge}"
+TORCH_VERSION=2.11.0
+# The CPU runtime pieces libtorch_cpu.so links against, from the same CUDA
+# release the CUDA machines carry (cu130); no full CUDA toolkit is needed.
+TORCH_EXTRA=(nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+want_torch=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-torch) want_torch=0 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+apt_packages=(dataset-fashion-mnist python3-venv pkg-config)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup.sh: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
+
+mkdir -p "$CACHE"
+TORCH_VENV="$CACHE/torch-$TORCH_VERSION"
+if [ "$want_torch" = 1 ]; then
+  if [ ! -f "$TORCH_VENV/.complete" ]; then
+    log "installing libtorch $TORCH_VERSION (pip wheel, about 1.3 GB) into $TORCH_VENV"
+    rm -rf "$TORCH_VENV"
+    python3 -m venv "$TORCH_VENV"
+    "$TORCH_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+      "torch==$TORCH_VERSION" "${TORCH_EXTRA[@]}"
+    touch "$TORCH_VENV/.complete"
+  fi
+  site=$("$TORCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "export LIBTORCH=$site/torch"
+fi
+echo "export GAUSSEDGE_CACHE=$CACHE"
