@@ -37,10 +37,20 @@ fn taps(o: usize, src: usize, dst: usize) -> (usize, usize, f32) {
 }
 
 /// Converts one frame. Allocation-free; `out` must hold [`input_len`] values.
-pub fn frame_to_input(frame: &[u8], format: FrameFormat, p: &Preprocess, out: &mut [f32]) -> Result<(), PreprocessError> {
+pub fn frame_to_input(
+    frame: &[u8],
+    format: FrameFormat,
+    p: &Preprocess,
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
     let (w, h, c) = (format.width as usize, format.height as usize, format.channels as usize);
-    if w == 0 || h == 0 || !(c == 1 || c == 3) || !(p.channels == 1 || p.channels == 3) || p.width == 0 || p.height == 0 {
-        return Err(PreprocessError::BadFormat { width: format.width, height: format.height, channels: format.channels });
+    if w == 0 || h == 0 || !(c == 1 || c == 3) || !(p.channels == 1 || p.channels == 3) || p.width == 0 || p.height == 0
+    {
+        return Err(PreprocessError::BadFormat {
+            width: format.width,
+            height: format.height,
+            channels: format.channels,
+        });
     }
     if frame.len() != format.len() {
         return Err(PreprocessError::FrameLength { expected: format.len(), got: frame.len() });

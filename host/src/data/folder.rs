@@ -7,7 +7,10 @@ use gaussedge_shared::wire::FrameFormat;
 use std::path::Path;
 
 fn is_image(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(), Some("png" | "jpg" | "jpeg"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        Some("png" | "jpg" | "jpeg")
+    )
 }
 
 /// Decodes an image file into a grey or RGB sample.

@@ -24,7 +24,10 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
         return Err(DataError::format(path, "not an IDX file (bad magic)"));
     }
     if bytes[2] != 0x08 {
-        return Err(DataError::format(path, format!("IDX element type 0x{:02x}, only unsigned bytes (0x08) are supported", bytes[2])));
+        return Err(DataError::format(
+            path,
+            format!("IDX element type 0x{:02x}, only unsigned bytes (0x08) are supported", bytes[2]),
+        ));
     }
     let nd = bytes[3] as usize;
     if nd == 0 || bytes.len() < 4 + 4 * nd {
@@ -36,7 +39,10 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let data = bytes[4 + 4 * nd..].to_vec();
     if expected != Some(data.len()) {
-        return Err(DataError::format(path, format!("IDX dimensions {dims:?} need {expected:?} bytes, file has {}", data.len())));
+        return Err(DataError::format(
+            path,
+            format!("IDX dimensions {dims:?} need {expected:?} bytes, file has {}", data.len()),
+        ));
     }
     Ok((dims, data))
 }
@@ -53,7 +59,8 @@ pub fn load_fashion_mnist(dir: &Path, split: Split) -> Result<Dataset, DataError
     };
     let images_stem = format!("{prefix}-images-idx3-ubyte");
     let labels_stem = format!("{prefix}-labels-idx1-ubyte");
-    let missing = || DataError::Missing { path: dir.to_path_buf(), expected: format!("{images_stem}[.gz], {labels_stem}[.gz]") };
+    let missing =
+        || DataError::Missing { path: dir.to_path_buf(), expected: format!("{images_stem}[.gz], {labels_stem}[.gz]") };
     let images_path = find(dir, &images_stem).ok_or_else(missing)?;
     let labels_path = find(dir, &labels_stem).ok_or_else(missing)?;
     let (idims, images) = read_idx(&images_path)?;

@@ -8,7 +8,7 @@ mod folder;
 mod idx;
 
 pub use cifar::{load_cifar10, CIFAR10_CLASSES};
-pub use folder::load_folder;
+pub use folder::{load_folder, read_image, write_png};
 pub use idx::{load_fashion_mnist, FASHION_MNIST_CLASSES};
 
 use gaussedge_shared::wire::FrameFormat;
