@@ -3,9 +3,15 @@
 //! behind the `gaussedge` CLI.
 
 pub mod arch;
-pub mod data;
+pub use gaussedge_data as data;
 #[cfg(feature = "train")]
 pub mod net;
 pub mod onnx;
 #[cfg(feature = "train")]
 pub mod parity;
+pub mod prep;
+pub mod rng;
+pub mod util;
+pub mod fit;
+#[cfg(feature = "train")]
+pub mod train;

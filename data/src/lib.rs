@@ -1,4 +1,4 @@
-//! Labelled image datasets: CIFAR-10 binary batches, Fashion-MNIST IDX
+//! Labelled image datasets for gaussedge: CIFAR-10 binary batches, Fashion-MNIST IDX
 //! files, and image folders (one sub-folder per class) for a user's own
 //! captures. Every reader checks sizes and headers and reports a typed
 //! error naming the file; none trusts a record count it has not verified.

@@ -1,0 +1,153 @@
+//! Features through the exported ONNX (tract, exactly as the device runs
+//! it), cached per backbone and dataset split, and the Gaussian head fitted
+//! on them.
+
+use crate::data::{Dataset, DatasetKind, Split};
+use crate::prep;
+use anyhow::{bail, Context, Result};
+use gaussedge_device::backbone::Backbone;
+use gaussedge_device::bundle::{hex, sha256, HeadDefaults};
+use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
+use gaussedge_shared::stats::Preprocess;
+use gaussedge_shared::{label, Transform};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+/// A backbone with its preprocessing, run in batches.
+pub struct Extractor {
+    backbone: Backbone,
+    pub pre: Preprocess,
+    pub sha256: [u8; 32],
+}
+
+impl Extractor {
+    pub fn new(onnx: &[u8], pre: Preprocess, batch: usize) -> Result<Self> {
+        let backbone = Backbone::load(onnx, batch, pre.channels as usize, pre.height as usize, pre.width as usize)?;
+        Ok(Extractor { backbone, pre, sha256: sha256(onnx) })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.backbone.dim()
+    }
+
+    /// Features of samples `idx` of `ds`, `idx.len() * D` values.
+    pub fn extract(&self, ds: &Dataset, idx: &[usize], bar: &ProgressBar) -> Result<Vec<f32>> {
+        let (b, d) = (self.backbone.batch(), self.dim());
+        let per = self.backbone.input_len();
+        let mut out = Vec::with_capacity(idx.len() * d);
+        for chunk in idx.chunks(b) {
+            let mut input = prep::inputs(ds, chunk, &self.pre)?;
+            // The plan has a fixed batch: pad the last one with zeros.
+            input.resize(b * per, 0.0);
+            let f = self.backbone.features(&input)?;
+            out.extend_from_slice(&f[..chunk.len() * d]);
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(out)
+    }
+
+    /// Features of a whole split, from the cache when this backbone already
+    /// saw it. The cache key is the backbone's SHA-256, the dataset, the
+    /// split and the sample count, so a changed model or file misses.
+    pub fn extract_cached(&self, ds: &Dataset, kind: DatasetKind, split: Split, progress: bool) -> Result<Vec<f32>> {
+        let d = self.dim();
+        let path = cache_dir().join("features").join(format!(
+            "{}-{}-{:?}-{}.f32",
+            &hex(&self.sha256)[..16],
+            kind.name(),
+            split,
+            ds.len()
+        ));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.len() == ds.len() * d * 4 {
+                return Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+            }
+        }
+        let bar = bar(progress, ds.len() as u64, &format!("features {} {:?}", kind.name(), split));
+        let idx: Vec<usize> = (0..ds.len()).collect();
+        let f = self.extract(ds, &idx, &bar)?;
+        bar.finish_and_clear();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        crate::util::write_atomic(&path, &bytes)?;
+        Ok(f)
+    }
+}
+
+/// `$GAUSSEDGE_CACHE`, default `~/.cache/gaussedge`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("GAUSSEDGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/gaussedge"))
+}
+
+pub fn bar(show: bool, len: u64, what: &str) -> ProgressBar {
+    let b = if show { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    b.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} (eta {eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    b.set_prefix(what.to_string());
+    b
+}
+
+/// A class label for the head from a dataset class name (at most 32 bytes).
+pub fn class_label(name: &str, class: u16) -> gaussedge_shared::Label {
+    let mut s: String = name.chars().filter(|c| !c.is_control()).collect();
+    while s.len() > gaussedge_shared::head::MAX_LABEL {
+        s.pop();
+    }
+    label(&s).unwrap_or_else(|| label(&format!("class{class}")).expect("short label"))
+}
+
+/// A head with `capacity` slots and the bundle's settings, its centre set
+/// from `base_features` when the transform needs one.
+pub fn new_head(dim: usize, capacity: usize, head: &HeadDefaults, base_features: &[f32]) -> Result<GaussianHead<OwnedStorage>> {
+    let config = HeadConfig { dim, capacity, weighting: head.weighting, settings: head.settings, transform: head.transform };
+    let mut h = GaussianHead::with_capacity(config)?;
+    if head.transform.center_l2 {
+        // The centre is the mean of the power-transformed base features.
+        let power_only = Transform { power: head.transform.power, center_l2: false };
+        let n = base_features.len() / dim;
+        if n == 0 {
+            bail!("the centre-L2 transform needs base features");
+        }
+        let mut center = vec![0f64; dim];
+        let mut t = vec![0f64; dim];
+        for x in base_features.chunks_exact(dim) {
+            power_only.apply(x, &[], &mut t);
+            center.iter_mut().zip(&t).for_each(|(c, v)| *c += v / n as f64);
+        }
+        h.set_center(&center)?;
+    }
+    Ok(h)
+}
+
+/// Learns one class from its features (all rows of `features`).
+pub fn learn_class(head: &mut GaussianHead<OwnedStorage>, name: gaussedge_shared::Label, features: &[f32]) -> Result<()> {
+    let d = head.dim();
+    head.begin(name)?;
+    for x in features.chunks_exact(d) {
+        head.learn(x)?;
+    }
+    head.commit()?;
+    Ok(())
+}
+
+/// Rows of `features` (`n * d`) whose label is `class`.
+pub fn rows_of(features: &[f32], labels: &[u16], d: usize, class: u16) -> Vec<f32> {
+    labels.iter().enumerate().filter(|(_, &l)| l == class).flat_map(|(i, _)| features[i * d..(i + 1) * d].iter().copied()).collect()
+}
+
+/// Reads a bundle's backbone with the manifest's preprocessing.
+pub fn extractor_for(bundle: &Path, batch: usize) -> Result<(gaussedge_device::bundle::Bundle, Extractor)> {
+    let b = gaussedge_device::bundle::Bundle::read(bundle)?;
+    let e = Extractor::new(&b.onnx, b.manifest.preprocess, batch)?;
+    if e.dim() != b.manifest.feature_dim {
+        bail!("backbone gives {} features, the manifest says {}", e.dim(), b.manifest.feature_dim);
+    }
+    Ok((b, e))
+}

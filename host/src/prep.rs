@@ -1,0 +1,56 @@
+//! Dataset images to backbone inputs, through the same preprocessing code
+//! the device runs (`gaussedge_shared::preprocess`).
+
+use crate::data::Dataset;
+use gaussedge_shared::preprocess::{frame_to_input, input_len};
+use gaussedge_shared::stats::Preprocess;
+use serde::{Deserialize, Serialize};
+
+/// Channel mean and standard deviation of the training images (on the
+/// 0..1 scale), recorded in the bundle so the device normalises the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// Measured on `idx` of `ds`. Grey images give the same value for all
+    /// three channels (they are replicated into RGB).
+    pub fn of(ds: &Dataset, idx: &[usize]) -> Self {
+        let mut sum = [0f64; 3];
+        let mut sq = [0f64; 3];
+        let mut n = 0f64;
+        for &i in idx {
+            let s = &ds.samples[i];
+            let c = s.format.channels as usize;
+            for px in s.pixels.chunks_exact(c) {
+                for ch in 0..3 {
+                    let v = px[if c == 1 { 0 } else { ch }] as f64 / 255.0;
+                    sum[ch] += v;
+                    sq[ch] += v * v;
+                }
+                n += 1.0;
+            }
+        }
+        let n = n.max(1.0);
+        let mean = sum.map(|s| s / n);
+        let std: Vec<f64> = (0..3).map(|c| (sq[c] / n - mean[c] * mean[c]).max(1e-8).sqrt()).collect();
+        Normalization { mean: mean.map(|m| m as f32), std: [std[0] as f32, std[1] as f32, std[2] as f32] }
+    }
+
+    pub fn preprocess(&self, size: u16) -> Preprocess {
+        Preprocess { width: size, height: size, channels: 3, mean: self.mean, std: self.std }
+    }
+}
+
+/// Preprocessed inputs of the samples `idx`, concatenated (`NCHW`).
+pub fn inputs(ds: &Dataset, idx: &[usize], pre: &Preprocess) -> anyhow::Result<Vec<f32>> {
+    let len = input_len(pre);
+    let mut out = vec![0f32; idx.len() * len];
+    for (k, &i) in idx.iter().enumerate() {
+        let s = &ds.samples[i];
+        frame_to_input(&s.pixels, s.format, pre, &mut out[k * len..(k + 1) * len])?;
+    }
+    Ok(out)
+}

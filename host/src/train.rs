@@ -1,0 +1,360 @@
+//! Base training: EfficientNet on the base classes with tch, checkpointed
+//! every epoch (safetensors plus a JSON state) so a run resumes where it
+//! stopped.
+
+use crate::arch::{Arch, ArchConfig};
+use crate::data::{self, Dataset, DatasetKind, Split};
+use crate::net::EfficientNet;
+use crate::onnx::Weights;
+use crate::parity::weights_of;
+use crate::prep::{self, Normalization};
+use crate::rng::Rng;
+use crate::util::write_atomic;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+/// Everything that determines a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Input side length (images are resized to `size x size`).
+    pub size: u16,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Peak learning rate of AdamW.
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    /// Linear warm-up, in epochs, before the cosine decay.
+    pub warmup_epochs: f64,
+    /// Random-crop padding in pixels (0: no cropping).
+    pub crop_pad: usize,
+    pub flip: bool,
+    pub seed: u64,
+    /// Fraction of the training images held out for per-epoch validation.
+    pub val_fraction: f64,
+    pub arch: ArchConfig,
+}
+
+impl Recipe {
+    /// The default recipe for `classes` base classes at `size`.
+    pub fn default_for(classes: usize, size: u16) -> Self {
+        Recipe {
+            size,
+            epochs: 15,
+            batch: 64,
+            lr: 2e-3,
+            weight_decay: 0.05,
+            label_smoothing: 0.1,
+            warmup_epochs: 1.0,
+            crop_pad: (size / 8) as usize,
+            flip: true,
+            seed: 0,
+            val_fraction: 0.05,
+            arch: ArchConfig::b0(classes),
+        }
+    }
+
+    /// Learning rate at `step` of `total` (linear warm-up, then cosine to 0).
+    pub fn lr_at(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        let total = (self.epochs * steps_per_epoch).max(1) as f64;
+        let warm = self.warmup_epochs * steps_per_epoch as f64;
+        let s = step as f64;
+        if s < warm {
+            self.lr * (s + 1.0) / warm
+        } else {
+            let t = ((s - warm) / (total - warm).max(1.0)).min(1.0);
+            0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// What is saved next to the weights after every epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub dataset: DatasetKind,
+    pub classes: Vec<u16>,
+    pub class_names: Vec<String>,
+    pub recipe: Recipe,
+    pub normalization: Normalization,
+    pub epochs_done: usize,
+    pub history: Vec<EpochMetrics>,
+}
+
+pub struct TrainJob {
+    pub dataset: DatasetKind,
+    pub data: PathBuf,
+    pub classes: Vec<u16>,
+    pub recipe: Recipe,
+    /// Where `model.safetensors` and `state.json` go.
+    pub checkpoint_dir: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+    /// Keep at most this many training images per class (quick runs, tests).
+    pub limit_per_class: Option<usize>,
+    pub progress: bool,
+}
+
+pub struct Trained {
+    pub state: TrainState,
+    pub arch: Arch,
+    pub weights: Weights,
+}
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const STATE_FILE: &str = "state.json";
+
+/// Keeps the first `limit` samples of each class.
+pub fn limit_per_class(ds: &Dataset, limit: usize) -> Dataset {
+    let mut seen = vec![0usize; ds.class_names.len().max(1)];
+    let samples = ds
+        .samples
+        .iter()
+        .filter(|s| {
+            let c = &mut seen[s.label as usize];
+            *c += 1;
+            *c <= limit
+        })
+        .cloned()
+        .collect();
+    Dataset { name: ds.name.clone(), class_names: ds.class_names.clone(), samples }
+}
+
+/// Stratified split of sample indices into (train, validation).
+fn split_indices(ds: &Dataset, classes: &[u16], fraction: f64, rng: &mut Rng) -> (Vec<usize>, Vec<usize>) {
+    let (mut train, mut val) = (vec![], vec![]);
+    for &c in classes {
+        let mut idx = ds.indices_of(c);
+        rng.shuffle(&mut idx);
+        let n_val = ((idx.len() as f64) * fraction).round() as usize;
+        val.extend_from_slice(&idx[..n_val]);
+        train.extend_from_slice(&idx[n_val..]);
+    }
+    (train, val)
+}
+
+fn to_tensor(inputs: Vec<f32>, n: usize, size: usize) -> Tensor {
+    Tensor::from_slice(&inputs).view([n as i64, 3, size as i64, size as i64])
+}
+
+/// Random crop (zero padding in normalised space, i.e. the mean colour) and
+/// horizontal flip, per sample.
+fn augment(xs: &Tensor, recipe: &Recipe, rng: &mut Rng) -> Tensor {
+    let size = recipe.size as i64;
+    let p = recipe.crop_pad as i64;
+    let padded = if p > 0 { xs.constant_pad_nd([p, p, p, p]) } else { xs.shallow_clone() };
+    let n = xs.size()[0];
+    let crops: Vec<Tensor> = (0..n)
+        .map(|i| {
+            let (dy, dx) = if p > 0 { (rng.below(2 * p as u64 + 1) as i64, rng.below(2 * p as u64 + 1) as i64) } else { (0, 0) };
+            let c = padded.get(i).narrow(1, dy, size).narrow(2, dx, size);
+            if recipe.flip && rng.below(2) == 1 {
+                c.flip([2])
+            } else {
+                c
+            }
+        })
+        .collect();
+    Tensor::stack(&crops, 0)
+}
+
+/// Accuracy of `net` on preprocessed inputs, in batches, in eval mode.
+pub fn accuracy(net: &EfficientNet, xs: &Tensor, ys: &Tensor, device: Device) -> f64 {
+    let n = xs.size()[0];
+    if n == 0 {
+        return 0.0;
+    }
+    let mut correct = 0i64;
+    tch::no_grad(|| {
+        for start in (0..n).step_by(256) {
+            let len = (n - start).min(256);
+            let x = xs.narrow(0, start, len).to_device(device);
+            let y = ys.narrow(0, start, len).to_device(device);
+            let pred = net.logits_t(&x, false).argmax(-1, false);
+            correct += pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+        }
+    });
+    correct as f64 / n as f64
+}
+
+/// Trains (or resumes) a base network.
+pub fn train(job: &TrainJob) -> Result<Trained> {
+    let recipe = &job.recipe;
+    std::fs::create_dir_all(&job.checkpoint_dir)
+        .with_context(|| format!("creating {}", job.checkpoint_dir.display()))?;
+    let state_path = job.checkpoint_dir.join(STATE_FILE);
+    let weights_path = job.checkpoint_dir.join(WEIGHTS_FILE);
+
+    let full = data::load(job.dataset, &job.data, Split::Train)?;
+    let mut ds = full.filter(&job.classes);
+    if let Some(limit) = job.limit_per_class {
+        ds = limit_per_class(&ds, limit);
+    }
+    if ds.is_empty() {
+        bail!("no training images for classes {:?}", job.classes);
+    }
+    let mut rng = Rng::new(recipe.seed);
+    let (train_idx, val_idx) = split_indices(&ds, &job.classes, recipe.val_fraction, &mut rng);
+
+    let mut state = if job.resume && state_path.exists() {
+        let s: TrainState = serde_json::from_slice(&std::fs::read(&state_path)?).context("reading state.json")?;
+        if s.recipe != *recipe || s.classes != job.classes || s.dataset != job.dataset {
+            bail!(
+                "{} holds a run with another recipe, dataset or classes; use a different --checkpoint-dir or drop --resume",
+                state_path.display()
+            );
+        }
+        s
+    } else {
+        TrainState {
+            dataset: job.dataset,
+            classes: job.classes.clone(),
+            class_names: job.classes.iter().map(|&c| full.class_names[c as usize].clone()).collect(),
+            recipe: recipe.clone(),
+            normalization: Normalization::of(&ds, &train_idx),
+            epochs_done: 0,
+            history: vec![],
+        }
+    };
+
+    let size = recipe.size as usize;
+    let pre = state.normalization.preprocess(recipe.size);
+    let label_of = |l: u16| job.classes.iter().position(|&c| c == l).expect("filtered") as i64;
+    let make = |idx: &[usize]| -> Result<(Tensor, Tensor)> {
+        let inputs = prep::inputs(&ds, idx, &pre)?;
+        let labels: Vec<i64> = idx.iter().map(|&i| label_of(ds.samples[i].label)).collect();
+        Ok((to_tensor(inputs, idx.len(), size), Tensor::from_slice(&labels)))
+    };
+    let (train_x, train_y) = make(&train_idx)?;
+    let (val_x, val_y) = make(&val_idx)?;
+
+    tch::manual_seed(recipe.seed as i64);
+    let arch = Arch::new(recipe.arch);
+    let mut vs = nn::VarStore::new(job.device);
+    let net = EfficientNet::new(&vs.root(), &arch);
+    if state.epochs_done > 0 {
+        vs.load(&weights_path).with_context(|| format!("loading {}", weights_path.display()))?;
+        eprintln!("resuming after epoch {} from {}", state.epochs_done, weights_path.display());
+    }
+    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: recipe.weight_decay, eps: 1e-8, amsgrad: false }
+        .build(&vs, recipe.lr)?;
+
+    let n = train_idx.len();
+    let steps_per_epoch = n / recipe.batch.max(1);
+    if steps_per_epoch == 0 {
+        bail!("{n} training images is less than one batch of {}", recipe.batch);
+    }
+    for epoch in state.epochs_done..recipe.epochs {
+        let started = Instant::now();
+        let mut epoch_rng = Rng::new(recipe.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9));
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        epoch_rng.shuffle(&mut order);
+        let bar = if job.progress { ProgressBar::new(steps_per_epoch as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} {msg} (eta {eta})")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, recipe.epochs));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
+        let mut lr = recipe.lr;
+        for step in 0..steps_per_epoch {
+            let idx = Tensor::from_slice(&order[step * recipe.batch..(step + 1) * recipe.batch]);
+            let xs = augment(&train_x.index_select(0, &idx), recipe, &mut epoch_rng).to_device(job.device);
+            let ys = train_y.index_select(0, &idx).to_device(job.device);
+            lr = recipe.lr_at(epoch * steps_per_epoch + step, steps_per_epoch);
+            opt.set_lr(lr);
+            let logits = net.logits_t(&xs, true);
+            let loss = logits.cross_entropy_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100, recipe.label_smoothing);
+            opt.backward_step(&loss);
+            let l = loss.double_value(&[]);
+            if !l.is_finite() {
+                bail!("loss became {l} at epoch {} step {step}; lower --lr", epoch + 1);
+            }
+            loss_sum += l * ys.size()[0] as f64;
+            correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64).int64_value(&[]);
+            seen += ys.size()[0];
+            bar.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let val_accuracy = accuracy(&net, &val_x, &val_y, job.device);
+        let seconds = started.elapsed().as_secs_f64();
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
+            val_accuracy,
+            seconds,
+            images_per_second: seen as f64 / seconds,
+        };
+        eprintln!(
+            "epoch {}/{}: loss {:.4} train {:.4} val {:.4} ({:.0} s, {:.1} img/s)",
+            m.epoch, recipe.epochs, m.loss, m.train_accuracy, m.val_accuracy, m.seconds, m.images_per_second
+        );
+        state.history.push(m);
+        state.epochs_done = epoch + 1;
+        // Weights first, then the state that points at them: a crash between
+        // the two repeats at most one epoch.
+        let tmp = weights_path.with_extension("tmp.safetensors");
+        vs.save(&tmp)?;
+        std::fs::rename(&tmp, &weights_path)?;
+        write_atomic(&state_path, &serde_json::to_vec_pretty(&state)?)?;
+    }
+    vs.set_kind(Kind::Float);
+    Ok(Trained { weights: weights_of(&vs), arch, state })
+}
+
+/// Loads a finished (or partial) checkpoint without training.
+pub fn load_checkpoint(dir: &Path) -> Result<(TrainState, Arch, Weights)> {
+    let state: TrainState = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).context("reading state.json")?)?;
+    let weights = Weights::from_safetensors(&std::fs::read(dir.join(WEIGHTS_FILE))?)?;
+    let arch = Arch::new(state.recipe.arch);
+    weights.check(&arch)?;
+    Ok((state, arch, weights))
+}
+
+/// The FC head's predictions (as dataset class numbers) on a test set, using
+/// tch.
+pub fn fc_predictions(arch: &Arch, weights: &Weights, classes: &[u16], inputs: &Tensor) -> Result<Vec<u16>> {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = EfficientNet::new(&vs.root(), arch);
+    let bytes = weights.to_safetensors()?;
+    let tmp = std::env::temp_dir().join(format!("gaussedge-{}.safetensors", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    let loaded = vs.load(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    loaded?;
+    let n = inputs.size()[0];
+    let mut out = Vec::with_capacity(n as usize);
+    tch::no_grad(|| {
+        for start in (0..n).step_by(256) {
+            let len = (n - start).min(256);
+            let pred = net.logits_t(&inputs.narrow(0, start, len), false).argmax(-1, false);
+            let v: Vec<i64> = Vec::<i64>::try_from(&pred).unwrap_or_default();
+            out.extend(v.into_iter().map(|p| classes[p as usize]));
+        }
+    });
+    Ok(out)
+}
+
+/// Preprocessed inputs of a whole dataset as a tensor.
+pub fn dataset_tensor(ds: &Dataset, pre: &gaussedge_shared::stats::Preprocess) -> Result<Tensor> {
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    Ok(to_tensor(prep::inputs(ds, &idx, pre)?, ds.len(), pre.width as usize))
+}

@@ -1,0 +1,91 @@
+//! Small helpers shared by the commands.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Writes `bytes` to `path` through a temporary file, fsync and a rename,
+/// so a crash leaves the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Accuracy and confusion matrix (`true x predicted`, `classes x classes`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Confusion {
+    pub classes: usize,
+    pub matrix: Vec<Vec<u32>>,
+}
+
+impl Confusion {
+    pub fn new(classes: usize) -> Self {
+        Confusion { classes, matrix: vec![vec![0; classes]; classes] }
+    }
+
+    pub fn add(&mut self, truth: u16, pred: u16) {
+        if let Some(row) = self.matrix.get_mut(truth as usize) {
+            if let Some(cell) = row.get_mut(pred as usize) {
+                *cell += 1;
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.matrix.iter().flatten().map(|&v| v as u64).sum()
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        let right: u64 = (0..self.classes).map(|i| self.matrix[i][i] as u64).sum();
+        right as f64 / self.total().max(1) as f64
+    }
+
+    /// Accuracy over the rows (true classes) in `classes`.
+    pub fn accuracy_of(&self, classes: &[u16]) -> f64 {
+        let (mut right, mut total) = (0u64, 0u64);
+        for &c in classes {
+            let row = &self.matrix[c as usize];
+            right += row[c as usize] as u64;
+            total += row.iter().map(|&v| v as u64).sum::<u64>();
+        }
+        right as f64 / total.max(1) as f64
+    }
+
+    /// The matrix as an aligned text table.
+    pub fn render(&self) -> String {
+        let w = self.matrix.iter().flatten().map(|v| v.to_string().len()).max().unwrap_or(1).max(3);
+        let mut s = format!("{:>5}", "t\\p");
+        for p in 0..self.classes {
+            s += &format!(" {p:>w$}");
+        }
+        s.push('\n');
+        for (t, row) in self.matrix.iter().enumerate() {
+            s += &format!("{t:>5}");
+            for v in row {
+                s += &format!(" {v:>w$}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_counts() {
+        let mut c = Confusion::new(3);
+        for (t, p) in [(0, 0), (0, 1), (1, 1), (2, 2), (2, 0)] {
+            c.add(t, p);
+        }
+        assert_eq!(c.total(), 5);
+        assert!((c.accuracy() - 0.6).abs() < 1e-12);
+        assert!((c.accuracy_of(&[0]) - 0.5).abs() < 1e-12);
+        assert!(c.render().contains("t\\p"));
+    }
+}
