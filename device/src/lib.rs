@@ -1,5 +1,23 @@
-//! The gaussedge device: runs a bundle's ONNX feature extractor with tract,
-//! keeps a fixed-capacity Gaussian head, and serves the wire protocol.
+//! The gaussedge device.
+//!
+//! Without features this is the `no_std` core a microcontroller would run:
+//! the sans-IO protocol [`server`], the A/B slot [`persist`]ence, and the
+//! [`platform`] trait that hides the backbone, storage and camera. With
+//! `std` (default) it adds the simulator's adapters: tract for the backbone
+//! ([`backbone`]), bundles on disk ([`bundle`]), files for the slots and a
+//! dataset for the camera ([`sim`]), and a serial-port or PTY transport
+//! ([`link`]).
+#![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod persist;
+pub mod platform;
+pub mod server;
+
+#[cfg(feature = "std")]
 pub mod backbone;
+#[cfg(feature = "std")]
 pub mod bundle;
+#[cfg(feature = "std")]
+pub mod link;
+#[cfg(feature = "std")]
+pub mod sim;

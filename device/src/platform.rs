@@ -1,0 +1,79 @@
+//! What the protocol server needs from the hardware, behind one trait: the
+//! feature extractor, persistent slots, upload staging, the camera, and the
+//! store of captured samples. The simulator implements it with tract, files
+//! and a dataset; a microcontroller would with its NPU, flash and sensor.
+
+use gaussedge_shared::stats::Preprocess;
+use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, Text, UploadTarget};
+
+/// A failure of the platform, reported to the host as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub code: ErrorCode,
+    pub detail: Text,
+}
+
+impl Fault {
+    /// A fault with a detail message, truncated to fit.
+    pub fn new(code: ErrorCode, detail: &str) -> Self {
+        let mut t = Text::new();
+        for c in detail.chars() {
+            if t.push(c).is_err() {
+                break;
+            }
+        }
+        Fault { code, detail: t }
+    }
+}
+
+/// The backbone currently loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackboneInfo {
+    pub preprocess: Preprocess,
+    pub dim: usize,
+    pub sha256: [u8; 32],
+}
+
+/// One of the two persistent slots.
+pub type Slot = u8;
+
+pub trait Platform {
+    /// Runs the backbone on one preprocessed input.
+    fn extract(&mut self, input: &[f32], features: &mut [f32]) -> Result<(), Fault>;
+
+    /// The whole content of a slot (empty if it was never written).
+    fn slot_read(&mut self, slot: Slot) -> Result<&[u8], Fault>;
+    /// Writes `bytes` at `offset` of a slot.
+    fn slot_write(&mut self, slot: Slot, offset: u64, bytes: &[u8]) -> Result<(), Fault>;
+    /// Cuts a slot to `len` bytes and makes everything written durable.
+    fn slot_sync(&mut self, slot: Slot, len: u64) -> Result<(), Fault>;
+
+    /// Starts staging an upload of `len` bytes (not frames: those go into
+    /// the server's frame buffer). Refuses sizes it cannot hold.
+    fn upload_begin(&mut self, target: UploadTarget, len: u32) -> Result<(), Fault>;
+    fn upload_write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Fault>;
+    /// The staged upload, complete.
+    fn upload_bytes(&mut self) -> Result<&[u8], Fault>;
+    fn upload_discard(&mut self);
+
+    /// Keeps the verified upload as one file of the next bundle.
+    fn bundle_stage(&mut self, file: BundleFile) -> Result<(), Fault>;
+    /// The staged statistics of the next bundle, and the backbone they
+    /// would run with, without activating anything.
+    fn bundle_staged(&mut self) -> Result<(BackboneInfo, &[u8]), Fault>;
+    /// Swaps in the staged bundle (all of it or nothing).
+    fn bundle_activate(&mut self) -> Result<BackboneInfo, Fault>;
+    /// Goes back to the bundle that was active before the last activation.
+    fn bundle_rollback(&mut self) -> Result<BackboneInfo, Fault>;
+    /// The active bundle's base statistics (for reset).
+    fn base_stats(&mut self) -> Result<&[u8], Fault>;
+
+    /// Captures a frame from the device's camera into `frame`.
+    fn capture(&mut self, class_hint: Option<u16>, frame: &mut [u8]) -> Result<FrameFormat, Fault>;
+
+    /// Keeps a learned sample for later retraining (bounded per class).
+    fn store_sample(&mut self, label: &str, format: FrameFormat, pixels: &[u8]);
+    fn stored_count(&self, label: &str) -> u32;
+    fn stored_sample(&mut self, label: &str, index: u32) -> Option<(FrameFormat, &[u8])>;
+    fn drop_samples(&mut self, label: &str);
+}

@@ -1,0 +1,342 @@
+//! The simulator's platform: tract for the backbone, two files for the A/B
+//! slots, a folder for the active bundle, a dataset for the camera, and a
+//! bounded in-memory store of captured samples.
+
+use crate::backbone::Backbone;
+use crate::bundle::{self, Manifest};
+use crate::platform::{BackboneInfo, Fault, Platform, Slot};
+use gaussedge_data::{Dataset, DatasetKind, Split};
+use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, UploadTarget};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Largest upload the simulator stages (a bundle's backbone is ~16 MB).
+pub const MAX_UPLOAD: u32 = 64 << 20;
+
+fn storage(e: impl std::fmt::Display) -> Fault {
+    Fault::new(ErrorCode::Storage, &e.to_string())
+}
+
+/// A simulated camera: images of a dataset split, class by class.
+pub struct Camera {
+    dataset: Dataset,
+    by_class: HashMap<u16, Vec<usize>>,
+    cursor: HashMap<u16, usize>,
+    next: usize,
+}
+
+impl Camera {
+    /// `spec` is `cifar10:DIR`, `fashion-mnist:DIR` or `folder:DIR`; it
+    /// captures from the training split (what a device would see in the
+    /// field, disjoint from the test split used to evaluate it).
+    pub fn open(spec: &str) -> anyhow::Result<Self> {
+        let (kind, dir) = spec.split_once(':').ok_or_else(|| anyhow::anyhow!("camera {spec:?}: expected KIND:DIR"))?;
+        let kind = match kind {
+            "cifar10" => DatasetKind::Cifar10,
+            "fashion-mnist" => DatasetKind::FashionMnist,
+            "folder" => DatasetKind::Folder,
+            other => anyhow::bail!("camera kind {other:?}: expected cifar10, fashion-mnist or folder"),
+        };
+        Ok(Camera::new(gaussedge_data::load(kind, Path::new(dir), Split::Train)?))
+    }
+
+    pub fn new(dataset: Dataset) -> Self {
+        let mut by_class: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (i, s) in dataset.samples.iter().enumerate() {
+            by_class.entry(s.label).or_default().push(i);
+        }
+        Camera { dataset, by_class, cursor: HashMap::new(), next: 0 }
+    }
+
+    /// The next image of `class` (or of any class), cycling.
+    pub fn capture(&mut self, class: Option<u16>, frame: &mut [u8]) -> Result<FrameFormat, Fault> {
+        let index = match class {
+            Some(c) => {
+                let list = self
+                    .by_class
+                    .get(&c)
+                    .ok_or_else(|| Fault::new(ErrorCode::Capture, &format!("the camera sees no class {c}")))?;
+                let cur = self.cursor.entry(c).or_insert(0);
+                let i = list[*cur % list.len()];
+                *cur += 1;
+                i
+            }
+            None => {
+                let i = self.next % self.dataset.len().max(1);
+                self.next += 1;
+                i
+            }
+        };
+        let s = self.dataset.samples.get(index).ok_or_else(|| Fault::new(ErrorCode::Capture, "camera has no images"))?;
+        if s.pixels.len() > frame.len() {
+            return Err(Fault::new(ErrorCode::Capture, "camera image larger than the frame buffer"));
+        }
+        frame[..s.pixels.len()].copy_from_slice(&s.pixels);
+        Ok(s.format)
+    }
+}
+
+/// Options of the simulated device.
+pub struct SimOptions {
+    /// The factory bundle (used until a new one is flashed).
+    pub bundle: PathBuf,
+    /// Where slots and flashed bundles live.
+    pub state: PathBuf,
+    pub camera: Option<Camera>,
+    /// Captured samples kept per class (ring buffer).
+    pub store_per_class: usize,
+}
+
+struct Active {
+    backbone: Backbone,
+    info: BackboneInfo,
+    base_stats: Vec<u8>,
+}
+
+pub struct SimPlatform {
+    active: Active,
+    factory: PathBuf,
+    state: PathBuf,
+    slot_files: [File; 2],
+    slot_cache: [Vec<u8>; 2],
+    upload: Option<(UploadTarget, Vec<u8>)>,
+    staged: HashMap<BundleFileKey, Vec<u8>>,
+    camera: Option<Camera>,
+    store: HashMap<String, VecDeque<(FrameFormat, Vec<u8>)>>,
+    store_per_class: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BundleFileKey {
+    Backbone,
+    Manifest,
+    Stats,
+}
+
+impl From<BundleFile> for BundleFileKey {
+    fn from(f: BundleFile) -> Self {
+        match f {
+            BundleFile::Backbone => BundleFileKey::Backbone,
+            BundleFile::Manifest => BundleFileKey::Manifest,
+            BundleFile::Stats => BundleFileKey::Stats,
+        }
+    }
+}
+
+fn load_active(dir: &Path) -> anyhow::Result<Active> {
+    let b = bundle::Bundle::read(dir)?;
+    let p = b.manifest.preprocess;
+    let backbone = Backbone::load(&b.onnx, 1, p.channels as usize, p.height as usize, p.width as usize)?;
+    if backbone.dim() != b.manifest.feature_dim {
+        anyhow::bail!("{}: backbone gives {} features, the manifest says {}", dir.display(), backbone.dim(), b.manifest.feature_dim);
+    }
+    let info = BackboneInfo { preprocess: p, dim: backbone.dim(), sha256: bundle::sha256(&b.onnx) };
+    Ok(Active { backbone, info, base_stats: b.stats.unwrap_or_default() })
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl SimPlatform {
+    /// The bundle flashed last (under `state/bundle`), or the factory one.
+    pub fn open(opts: SimOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&opts.state)?;
+        let flashed = opts.state.join("bundle");
+        let active = if flashed.join(bundle::MANIFEST).exists() {
+            load_active(&flashed)?
+        } else {
+            load_active(&opts.bundle)?
+        };
+        let open = |name: &str| {
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(opts.state.join(name))
+        };
+        Ok(SimPlatform {
+            active,
+            factory: opts.bundle,
+            slot_files: [open("slot-a.bin")?, open("slot-b.bin")?],
+            slot_cache: [vec![], vec![]],
+            state: opts.state,
+            upload: None,
+            staged: HashMap::new(),
+            camera: opts.camera,
+            store: HashMap::new(),
+            store_per_class: opts.store_per_class,
+        })
+    }
+
+    pub fn backbone(&self) -> BackboneInfo {
+        self.active.info
+    }
+
+    fn staged_info(&self) -> Result<(Manifest, BackboneInfo), Fault> {
+        let onnx = self.staged.get(&BundleFileKey::Backbone).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no backbone staged"))?;
+        let manifest_bytes =
+            self.staged.get(&BundleFileKey::Manifest).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no manifest staged"))?;
+        let manifest: Manifest =
+            serde_json::from_slice(manifest_bytes).map_err(|e| Fault::new(ErrorCode::BadStats, &format!("manifest: {e}")))?;
+        let sha = bundle::sha256(onnx);
+        if bundle::hex(&sha) != manifest.backbone_sha256 {
+            return Err(Fault::new(ErrorCode::UploadHash, "staged backbone does not match the staged manifest"));
+        }
+        let info = BackboneInfo { preprocess: manifest.preprocess, dim: manifest.feature_dim, sha256: sha };
+        Ok((manifest, info))
+    }
+
+    fn swap_in(&mut self, from: &Path) -> Result<BackboneInfo, Fault> {
+        let active = load_active(from).map_err(storage)?;
+        let info = active.info;
+        self.active = active;
+        Ok(info)
+    }
+}
+
+impl Platform for SimPlatform {
+    fn extract(&mut self, input: &[f32], features: &mut [f32]) -> Result<(), Fault> {
+        let f = self.active.backbone.features(input).map_err(|e| Fault::new(ErrorCode::Storage, &e.to_string()))?;
+        if f.len() != features.len() {
+            return Err(Fault::new(ErrorCode::DimMismatch, "backbone output size"));
+        }
+        features.copy_from_slice(&f);
+        Ok(())
+    }
+
+    fn slot_read(&mut self, slot: Slot) -> Result<&[u8], Fault> {
+        let i = slot as usize & 1;
+        let f = &mut self.slot_files[i];
+        let buf = &mut self.slot_cache[i];
+        buf.clear();
+        f.seek(SeekFrom::Start(0)).map_err(storage)?;
+        f.read_to_end(buf).map_err(storage)?;
+        Ok(buf)
+    }
+
+    fn slot_write(&mut self, slot: Slot, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
+        let f = &mut self.slot_files[slot as usize & 1];
+        f.seek(SeekFrom::Start(offset)).map_err(storage)?;
+        f.write_all(bytes).map_err(storage)
+    }
+
+    fn slot_sync(&mut self, slot: Slot, len: u64) -> Result<(), Fault> {
+        let f = &mut self.slot_files[slot as usize & 1];
+        f.set_len(len).map_err(storage)?;
+        f.sync_all().map_err(storage)
+    }
+
+    fn upload_begin(&mut self, target: UploadTarget, len: u32) -> Result<(), Fault> {
+        if len > MAX_UPLOAD {
+            return Err(Fault::new(ErrorCode::Storage, "upload larger than the device stages"));
+        }
+        self.upload = Some((target, Vec::with_capacity(len as usize)));
+        Ok(())
+    }
+
+    fn upload_write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Fault> {
+        let (_, buf) = self.upload.as_mut().ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no upload"))?;
+        if offset as usize != buf.len() {
+            return Err(Fault::new(ErrorCode::UploadOrder, "chunk out of order"));
+        }
+        buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn upload_bytes(&mut self) -> Result<&[u8], Fault> {
+        self.upload.as_ref().map(|(_, b)| b.as_slice()).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no upload"))
+    }
+
+    fn upload_discard(&mut self) {
+        self.upload = None;
+    }
+
+    fn bundle_stage(&mut self, file: BundleFile) -> Result<(), Fault> {
+        let (_, bytes) = self.upload.take().ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no upload"))?;
+        self.staged.insert(file.into(), bytes);
+        Ok(())
+    }
+
+    fn bundle_staged(&mut self) -> Result<(BackboneInfo, &[u8]), Fault> {
+        let (_, info) = self.staged_info()?;
+        let stats =
+            self.staged.get(&BundleFileKey::Stats).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no statistics staged"))?;
+        Ok((info, stats))
+    }
+
+    fn bundle_activate(&mut self) -> Result<BackboneInfo, Fault> {
+        self.staged_info()?;
+        let next = self.state.join("bundle.new");
+        let current = self.state.join("bundle");
+        let old = self.state.join("bundle.old");
+        let _ = std::fs::remove_dir_all(&next);
+        std::fs::create_dir_all(&next).map_err(storage)?;
+        for (key, name) in
+            [(BundleFileKey::Backbone, bundle::BACKBONE), (BundleFileKey::Manifest, bundle::MANIFEST), (BundleFileKey::Stats, bundle::STATS)]
+        {
+            let mut f = File::create(next.join(name)).map_err(storage)?;
+            f.write_all(&self.staged[&key]).map_err(storage)?;
+            f.sync_all().map_err(storage)?;
+        }
+        sync_dir(&next).map_err(storage)?;
+        // Check the new bundle loads before it replaces anything.
+        let active = load_active(&next).map_err(storage)?;
+        let _ = std::fs::remove_dir_all(&old);
+        if current.exists() {
+            std::fs::rename(&current, &old).map_err(storage)?;
+        }
+        std::fs::rename(&next, &current).map_err(storage)?;
+        sync_dir(&self.state).map_err(storage)?;
+        let info = active.info;
+        self.active = active;
+        self.staged.clear();
+        Ok(info)
+    }
+
+    fn bundle_rollback(&mut self) -> Result<BackboneInfo, Fault> {
+        let current = self.state.join("bundle");
+        let old = self.state.join("bundle.old");
+        let _ = std::fs::remove_dir_all(&current);
+        if old.exists() {
+            std::fs::rename(&old, &current).map_err(storage)?;
+            sync_dir(&self.state).map_err(storage)?;
+            self.swap_in(&current.clone())
+        } else {
+            sync_dir(&self.state).map_err(storage)?;
+            self.swap_in(&self.factory.clone())
+        }
+    }
+
+    fn base_stats(&mut self) -> Result<&[u8], Fault> {
+        Ok(&self.active.base_stats)
+    }
+
+    fn capture(&mut self, class_hint: Option<u16>, frame: &mut [u8]) -> Result<FrameFormat, Fault> {
+        match self.camera.as_mut() {
+            Some(c) => c.capture(class_hint, frame),
+            None => Err(Fault::new(ErrorCode::Capture, "this device has no camera (start it with --camera)")),
+        }
+    }
+
+    fn store_sample(&mut self, label: &str, format: FrameFormat, pixels: &[u8]) {
+        if self.store_per_class == 0 {
+            return;
+        }
+        let ring = self.store.entry(label.to_string()).or_default();
+        if ring.len() == self.store_per_class {
+            ring.pop_front();
+        }
+        ring.push_back((format, pixels.to_vec()));
+    }
+
+    fn stored_count(&self, label: &str) -> u32 {
+        self.store.get(label).map_or(0, |r| r.len() as u32)
+    }
+
+    fn stored_sample(&mut self, label: &str, index: u32) -> Option<(FrameFormat, &[u8])> {
+        self.store.get(label)?.get(index as usize).map(|(f, p)| (*f, p.as_slice()))
+    }
+
+    fn drop_samples(&mut self, label: &str) {
+        self.store.remove(label);
+    }
+}
