@@ -28,7 +28,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-apt_packages=(dataset-fashion-mnist python3-venv pkg-config)
+apt_packages=(dataset-fashion-mnist python3-venv pkg-config fonts-dejavu-core)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -23,6 +23,11 @@ impl Pty {
         let (controller, mut peer) = TTYPort::pair()?;
         let path = peer.name().ok_or_else(|| anyhow::anyhow!("pseudo-terminal has no name"))?;
         peer.set_exclusive(false)?;
+        // Our copy of the peer only keeps the terminal alive: release its
+        // advisory lock so a host can open the port exclusively.
+        // SAFETY: flock on a file descriptor this TTYPort owns and keeps open.
+        let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&peer), libc::LOCK_UN) };
+        anyhow::ensure!(r == 0, "cannot unlock the pseudo-terminal: {}", std::io::Error::last_os_error());
         Ok(Pty { controller, _peer: peer, path })
     }
 }

@@ -278,6 +278,8 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
             slot: self.current.map(|c| c.slot),
             generation: self.current.map_or(0, |c| c.generation),
             stats_len: stats::encoded_len(&self.head, &self.meta()) as u32,
+            applied: self.counters.applied,
+            replayed: self.counters.replayed,
         }
     }
 

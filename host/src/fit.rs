@@ -151,3 +151,20 @@ pub fn extractor_for(bundle: &Path, batch: usize) -> Result<(gaussedge_device::b
     }
     Ok((b, e))
 }
+
+/// Writes a bundle folder: the backbone, the head's statistics, the manifest.
+pub fn write_bundle(
+    dir: &Path,
+    onnx: &[u8],
+    head: &gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>,
+    manifest: &gaussedge_device::bundle::Manifest,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let meta = gaussedge_shared::stats::StatsMeta { backbone_sha256: manifest.sha256_bytes().context("manifest hash")?, preprocess: manifest.preprocess };
+    let stats_bytes = gaussedge_shared::stats::to_vec(head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::util::write_atomic(&dir.join(gaussedge_device::bundle::BACKBONE), onnx)?;
+    crate::util::write_atomic(&dir.join(gaussedge_device::bundle::STATS), &stats_bytes)?;
+    crate::util::write_atomic(&dir.join(gaussedge_device::bundle::MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
+    Ok(())
+}
+

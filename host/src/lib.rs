@@ -15,3 +15,8 @@ pub mod util;
 pub mod fit;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod cli;
+pub mod client;
+pub mod eval;
+pub mod merge;
+pub mod demo;

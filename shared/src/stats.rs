@@ -269,6 +269,51 @@ pub fn to_vec<S: Storage>(
     Ok(out)
 }
 
+/// A statistics file from its parts, for tools that compute statistics
+/// outside a head (merging files from several devices). `header.classes`
+/// is taken from `classes`; `load` validates the result like any file.
+#[cfg(feature = "alloc")]
+pub fn encode_parts(
+    header: &StatsHeader,
+    classes: &[(Label, u64, &[f64])],
+    center: Option<&[f64]>,
+    pooled: &[f64],
+) -> alloc::vec::Vec<u8> {
+    let mut header = *header;
+    header.classes = classes.len() as u32;
+    let d = header.dim as usize;
+    let mut total = PREFIX as u64 + postcard_len(&header) + seq_len(tri_len(d)) + 4;
+    for (label, count, _) in classes {
+        total += postcard_len(&ClassRecord { label: label.clone(), count: *count }) + seq_len(d);
+    }
+    if header.transform.center_l2 {
+        total += seq_len(d);
+    }
+    let mut out = alloc::vec::Vec::with_capacity(total as usize);
+    let mut sink = |b: &[u8]| {
+        out.extend_from_slice(b);
+        Ok::<(), core::convert::Infallible>(())
+    };
+    let mut w = Writer { digest: CRC.digest(), sink: &mut sink, written: 0 };
+    let _ = (|| -> Result<(), WriteError<core::convert::Infallible>> {
+        w.put(&MAGIC)?;
+        w.put(&VERSION.to_le_bytes())?;
+        w.put(&total.to_le_bytes())?;
+        w.item(&header)?;
+        for (label, count, mean) in classes {
+            w.item(&ClassRecord { label: label.clone(), count: *count })?;
+            w.f64s(mean)?;
+        }
+        if header.transform.center_l2 {
+            w.f64s(center.unwrap_or(&[]))?;
+        }
+        w.f64s(pooled)?;
+        let crc = w.digest.finalize();
+        (w.sink)(&crc.to_le_bytes()).map_err(WriteError::Sink)
+    })();
+    out
+}
+
 /// Checks prefix, length and CRC, then parses the header. Cheap: use it to
 /// inspect a file or to vet a transfer before touching anything.
 pub fn read_header(bytes: &[u8]) -> Result<StatsHeader, StatsError> {

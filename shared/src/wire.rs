@@ -164,6 +164,10 @@ pub struct DeviceInfo {
     pub generation: u64,
     /// Size of the committed statistics file.
     pub stats_len: u32,
+    /// Requests applied since boot, and repeated requests answered from the
+    /// response cache instead (a host retry after a lost answer).
+    pub applied: u64,
+    pub replayed: u64,
 }
 
 /// One class in a [`Response::Classes`] page.

@@ -83,6 +83,8 @@ fn responses() -> Vec<Response> {
             slot: Some(1),
             generation: u64::MAX,
             stats_len: u32::MAX,
+            applied: u64::MAX,
+            replayed: u64::MAX,
         }),
         Response::Classes { total: u16::MAX, entries },
         Response::Staged { count: u64::MAX },

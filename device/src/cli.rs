@@ -1,0 +1,125 @@
+//! `gaussedge-device`: the firmware, serving a serial port, or the simulator
+//! on a pseudo-terminal.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use crate::link::{self, Pty};
+use crate::server::{Buffers, Server};
+use crate::sim::{Camera, SimOptions, SimPlatform};
+use gaussedge_shared::head::{GaussianHead, HeadConfig};
+use gaussedge_shared::preprocess::input_len;
+use gaussedge_shared::wire::FrameFormat;
+use gaussedge_shared::{Estimator, Transform};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "gaussedge-device", version, about = "gaussedge device firmware / simulator")]
+struct Args {
+    /// Factory model bundle (backbone.onnx, head.stats, manifest.json).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Persistent state folder (A/B slots, flashed bundles).
+    #[arg(long)]
+    state: PathBuf,
+    /// Serve a pseudo-terminal (the simulator); prints its path.
+    #[arg(long, conflicts_with = "port")]
+    pty: bool,
+    /// Serve a serial port.
+    #[arg(long)]
+    port: Option<String>,
+    #[arg(long, default_value_t = 921_600)]
+    baud: u32,
+    /// Classes the head holds (fixed at boot).
+    #[arg(long, default_value_t = 64)]
+    capacity: usize,
+    /// Simulated camera: cifar10:DIR, fashion-mnist:DIR or folder:DIR.
+    #[arg(long)]
+    camera: Option<String>,
+    /// Captured samples kept per class for retraining.
+    #[arg(long, default_value_t = 32)]
+    store_per_class: usize,
+    /// Largest frame accepted, WIDTHxHEIGHT (3 channels).
+    #[arg(long, default_value = "256x256")]
+    max_frame: String,
+    /// Write the served path to this file once ready (for scripts).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn parse_frame(s: &str) -> Result<FrameFormat> {
+    let (w, h) = s.split_once('x').context("--max-frame WIDTHxHEIGHT")?;
+    Ok(FrameFormat { width: w.parse()?, height: h.parse()?, channels: 3 })
+}
+
+/// The command-line entry point.
+pub fn main() -> Result<()> {
+    let args = Args::parse();
+    let camera = args.camera.as_deref().map(Camera::open).transpose()?;
+    let platform = SimPlatform::open(SimOptions {
+        bundle: args.bundle.clone(),
+        state: args.state.clone(),
+        camera,
+        store_per_class: args.store_per_class,
+    })?;
+    let info = platform.backbone();
+    let max_frame = parse_frame(&args.max_frame)?;
+    // Everything the server uses is allocated here, once.
+    let config = HeadConfig {
+        dim: info.dim,
+        capacity: args.capacity,
+        weighting: Estimator::Pooled.weighting(),
+        settings: Estimator::Pooled.settings(),
+        transform: Transform::IDENTITY,
+    };
+    let head = GaussianHead::with_capacity(config)?;
+    let mut frame = vec![0u8; max_frame.len()];
+    let mut input = vec![0f32; input_len(&info.preprocess)];
+    let mut features = vec![0f32; info.dim];
+    let bufs = Buffers { frame: &mut frame, input: &mut input, features: &mut features };
+    let mut server = Server::boot(head, platform, bufs, info, max_frame).map_err(|f| anyhow::anyhow!("{:?}: {}", f.code, f.detail))?;
+    match server.loaded_from() {
+        Some(l) => eprintln!("loaded slot {} (generation {})", ["A", "B"][l.slot as usize & 1], l.generation),
+        None => eprintln!("no saved state; loaded the bundle's base statistics"),
+    }
+    eprintln!("{} classes, capacity {}, feature dim {}", server.head().class_count(), args.capacity, info.dim);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let stop = stop.clone();
+        let _ = unsafe_signal(sig, stop);
+    }
+    if args.pty {
+        let mut pty = Pty::open()?;
+        println!("{}", pty.path);
+        if let Some(f) = &args.ready_file {
+            std::fs::write(f, &pty.path)?;
+        }
+        link::serve(&mut pty.controller, &mut server, &stop)
+    } else {
+        let path = args.port.context("--pty or --port PATH")?;
+        let mut port = link::open_serial(&path, args.baud)?;
+        eprintln!("serving {path} at {} baud", args.baud);
+        if let Some(f) = &args.ready_file {
+            std::fs::write(f, &path)?;
+        }
+        link::serve(port.as_mut(), &mut server, &stop)
+    }
+}
+
+/// Sets `stop` on the signal. A tiny handler: one atomic store.
+fn unsafe_signal(sig: libc::c_int, stop: Arc<AtomicBool>) -> Result<()> {
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let _ = STOP.set(stop);
+    extern "C" fn handler(_: libc::c_int) {
+        if let Some(s) = STOP.get() {
+            s.store(true, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: the handler only performs an atomic store, which is
+    // async-signal-safe.
+    let r = unsafe { libc::signal(sig, handler as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    anyhow::ensure!(r != libc::SIG_ERR, "cannot install a handler for signal {sig}");
+    Ok(())
+}

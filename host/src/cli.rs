@@ -1,0 +1,807 @@
+//! `gaussedge`: the host CLI.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gaussedge_device::bundle::{self, hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
+use crate::data::{self, parse_classes, DatasetKind, Split};
+use crate::fit::{self, class_label, write_bundle, Extractor};
+use crate::util::{write_atomic, Confusion};
+use gaussedge_shared::config::Estimator;
+use gaussedge_shared::stats::{self, StatsMeta};
+use gaussedge_shared::Transform;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "gaussedge", version, about = "Train, export and fit gaussedge model bundles; talk to devices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train EfficientNet-b0 on the base classes and write a model bundle
+    /// (backbone.onnx, head.stats, manifest.json, metrics.json, MODEL_CARD.md).
+    #[cfg(feature = "train")]
+    Train(TrainArgs),
+    /// Export a training checkpoint as ONNX.
+    Export(ExportArgs),
+    /// (Re)fit a bundle's base-class statistics with its backbone (tract).
+    Fit(FitArgs),
+    /// Compare tch and tract features for a bundle's checkpoint.
+    #[cfg(feature = "train")]
+    Parity(ParityArgs),
+    /// Show a statistics file's header and classes.
+    Stats { file: PathBuf },
+    /// Exact merge of statistics learned on different devices.
+    Merge(MergeArgs),
+    /// The seed's protocol: base head, then classes added one at a time.
+    Eval(EvalArgs),
+    /// The end-to-end demo: simulator on a PTY, classes learned on the device.
+    Demo(DemoArgs),
+    /// Describe a device.
+    Info(PortArgs),
+    /// Send statistics to a device.
+    Push {
+        #[command(flatten)]
+        port: PortArgs,
+        file: PathBuf,
+    },
+    /// Fetch a device's statistics.
+    Pull {
+        #[command(flatten)]
+        port: PortArgs,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Teach a device a class from an image folder or its own camera.
+    Learn(LearnArgs),
+    /// Classify images on a device.
+    Predict {
+        #[command(flatten)]
+        port: PortArgs,
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a class from a device.
+    Forget {
+        #[command(flatten)]
+        port: PortArgs,
+        #[arg(long)]
+        label: String,
+    },
+    /// Samples a device stored while learning.
+    Captures {
+        #[command(subcommand)]
+        command: CapturesCommand,
+    },
+    /// Send a new bundle (backbone and statistics) to a device, verified and
+    /// swapped in atomically.
+    Flash {
+        #[command(flatten)]
+        port: PortArgs,
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CapturesCommand {
+    /// Write the stored samples as an image folder (one sub-folder per class)
+    /// that `gaussedge train --dataset folder` reads.
+    Pull {
+        #[command(flatten)]
+        port: PortArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct PortArgs {
+    /// Serial port or simulator pseudo-terminal.
+    #[arg(long)]
+    port: String,
+    #[arg(long, default_value_t = 921_600)]
+    baud: u32,
+    /// Seconds to wait for each answer before retrying.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+}
+
+impl PortArgs {
+    fn connect(&self) -> Result<crate::client::Client> {
+        let mut c = crate::client::Client::open(&self.port, self.baud).with_context(|| format!("opening {}", self.port))?;
+        c.timeout = std::time::Duration::from_secs_f64(self.timeout);
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct LearnArgs {
+    #[command(flatten)]
+    port: PortArgs,
+    #[arg(long)]
+    label: String,
+    /// Image folder (PNG/JPEG files) to learn from.
+    #[arg(long, conflicts_with = "capture")]
+    from: Option<PathBuf>,
+    /// Capture N frames with the device's camera.
+    #[arg(long)]
+    capture: Option<u32>,
+    /// Dataset class the simulated camera shows.
+    #[arg(long)]
+    source_class: Option<u16>,
+    /// Add samples to an existing class.
+    #[arg(long)]
+    extend: bool,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Statistics files to merge.
+    files: Vec<PathBuf>,
+    /// The statistics every file started from (counted once).
+    #[arg(long)]
+    base: Option<PathBuf>,
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value = "0-4")]
+    base: String,
+    #[arg(long, default_value = "5,6,7,8,9")]
+    add: String,
+    /// Samples per new class (default: all its training images).
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Random draws of the shots to average over.
+    #[arg(long, default_value_t = 1)]
+    draws: usize,
+    /// Estimator preset (default: the bundle's head settings).
+    #[arg(long, value_enum)]
+    estimator: Option<EstimatorArg>,
+    /// Evaluate through a device instead of in process.
+    #[arg(long)]
+    via: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the accuracy plot (PNG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Base bundle (default: models/<dataset>-b0-base5).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Frames the device captures per new class.
+    #[arg(long, default_value_t = 500)]
+    shots: u32,
+    #[arg(long, default_value = "out/demo.json")]
+    json: PathBuf,
+    #[arg(long, default_value = "out/demo.png")]
+    plot: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Dataset kind.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    dataset: DatasetKind,
+    /// Dataset folder (default for fashion-mnist: /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn dir(&self) -> Result<PathBuf> {
+        self.data
+            .clone()
+            .or_else(|| self.dataset.default_dir())
+            .with_context(|| format!("--data DIR is required for {}", self.dataset.name()))
+    }
+}
+
+#[cfg(feature = "train")]
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Base classes, e.g. 0-4.
+    #[arg(long, default_value = "0-4")]
+    classes: String,
+    /// Input side length.
+    #[arg(long, default_value_t = 64)]
+    size: u16,
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f64,
+    /// Disable random crop and flip.
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the tiny test variant of the network.
+    #[arg(long)]
+    tiny: bool,
+    /// Keep at most N training images per class.
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Threads for tch (1 is the most stable on a shared machine).
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Where checkpoints go (default: $GAUSSEDGE_CACHE/runs/<bundle name>).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue the run in the checkpoint folder.
+    #[arg(long)]
+    resume: bool,
+    /// Force the CPU even when CUDA is present.
+    #[arg(long)]
+    cpu: bool,
+    /// Bundle folder to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Training checkpoint folder (model.safetensors + state.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Include the base-class FC head as a second output, `logits`.
+    #[arg(long)]
+    logits: bool,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Dataset folder (default: the manifest's dataset default).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Classes to fit (default: the manifest's base classes).
+    #[arg(long)]
+    classes: Option<String>,
+    /// Estimator preset (default: the manifest's head settings).
+    #[arg(long, value_enum)]
+    estimator: Option<EstimatorArg>,
+    /// Head capacity to record.
+    #[arg(long, default_value_t = 64)]
+    capacity: usize,
+}
+
+#[cfg(feature = "train")]
+#[derive(Args)]
+struct ParityArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Checkpoint folder (default: the one recorded in the manifest).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Images per batch compared.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EstimatorArg {
+    Seed,
+    Pooled,
+}
+
+impl From<EstimatorArg> for Estimator {
+    fn from(e: EstimatorArg) -> Self {
+        match e {
+            EstimatorArg::Seed => Estimator::Seed,
+            EstimatorArg::Pooled => Estimator::Pooled,
+        }
+    }
+}
+
+pub fn defaults_for(e: Estimator) -> HeadDefaults {
+    HeadDefaults { weighting: e.weighting(), settings: e.settings(), transform: Transform::IDENTITY }
+}
+
+/// The command-line entry point.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        #[cfg(feature = "train")]
+        Command::Train(a) => train(a),
+        Command::Export(a) => export(a),
+        Command::Fit(a) => fit_cmd(a),
+        #[cfg(feature = "train")]
+        Command::Parity(a) => parity(a),
+        Command::Stats { file } => stats_info(&file),
+        Command::Merge(a) => merge(a),
+        Command::Eval(a) => eval_cmd(a),
+        Command::Demo(a) => crate::demo::run(a.data.dataset, &a.data.dir()?, a.bundle, a.shots, &a.json, &a.plot),
+        Command::Info(p) => {
+            let info = p.connect()?.hello()?;
+            println!("{info:#?}");
+            Ok(())
+        }
+        Command::Push { port, file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            stats::read_header(&bytes).with_context(|| format!("{} is not a valid statistics file", file.display()))?;
+            port.connect()?.push_stats(&bytes)?;
+            println!("pushed {} ({} bytes)", file.display(), bytes.len());
+            Ok(())
+        }
+        Command::Pull { port, out } => {
+            let bytes = port.connect()?.pull_stats()?;
+            stats::read_header(&bytes)?;
+            write_atomic(&out, &bytes)?;
+            println!("pulled {} bytes into {}", bytes.len(), out.display());
+            Ok(())
+        }
+        Command::Learn(a) => learn(a),
+        Command::Predict { port, images, json } => predict(&port, &images, json),
+        Command::Forget { port, label } => {
+            port.connect()?.forget(gaussedge_shared::label(&label).context("label must be 1 to 32 bytes")?)?;
+            println!("forgot {label}");
+            Ok(())
+        }
+        Command::Captures { command: CapturesCommand::Pull { port, out } } => captures_pull(&port, &out),
+        Command::Flash { port, bundle } => {
+            let b = bundle::Bundle::read(&bundle)?;
+            let stats_bytes = b.stats.clone().context("the bundle has no head.stats")?;
+            let manifest = std::fs::read(bundle.join(bundle::MANIFEST))?;
+            port.connect()?.flash(&b.onnx, &manifest, &stats_bytes)?;
+            println!("flashed {} (backbone {})", bundle.display(), b.manifest.backbone_sha256);
+            Ok(())
+        }
+    }
+}
+
+/// Fits a head on the base classes' training images; returns the head and
+/// the base features.
+fn fit_base(
+    extractor: &Extractor,
+    kind: DatasetKind,
+    dir: &Path,
+    classes: &[u16],
+    head: &HeadDefaults,
+    capacity: usize,
+    limit: Option<usize>,
+) -> Result<gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>> {
+    let train = data::load(kind, dir, Split::Train)?;
+    let mut base = train.filter(classes);
+    #[cfg(feature = "train")]
+    if let Some(l) = limit {
+        base = crate::train::limit_per_class(&base, l);
+    }
+    #[cfg(not(feature = "train"))]
+    let _ = limit;
+    let idx: Vec<usize> = (0..base.len()).collect();
+    let bar = fit::bar(true, idx.len() as u64, "fit features");
+    let features = extractor.extract(&base, &idx, &bar)?;
+    bar.finish_and_clear();
+    let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
+    let d = extractor.dim();
+    let mut h = fit::new_head(d, capacity, head, &features)?;
+    for &c in classes {
+        let rows = fit::rows_of(&features, &labels, d, c);
+        fit::learn_class(&mut h, class_label(&train.class_names[c as usize], c), &rows)?;
+    }
+    Ok(h)
+}
+
+/// Gaussian-head accuracy over the test split (all classes).
+fn head_test_accuracy(
+    extractor: &Extractor,
+    kind: DatasetKind,
+    dir: &Path,
+    head: &mut gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>,
+    label_to_class: &dyn Fn(&str) -> Option<u16>,
+) -> Result<Confusion> {
+    let test = data::load(kind, dir, Split::Test)?;
+    let features = extractor.extract_cached(&test, kind, Split::Test, true)?;
+    let d = extractor.dim();
+    let mut conf = Confusion::new(test.class_names.len());
+    for (s, x) in test.samples.iter().zip(features.chunks_exact(d)) {
+        let p = head.classify(x, None)?;
+        let class = label_to_class(head.slots()[p.class].label.as_str()).unwrap_or(u16::MAX);
+        conf.add(s.label, class);
+    }
+    Ok(conf)
+}
+
+#[cfg(feature = "train")]
+fn train(a: TrainArgs) -> Result<()> {
+    use crate::arch::ArchConfig;
+    use crate::onnx::{self, ExportOptions};
+    use crate::train::{self as tr, Recipe, TrainJob};
+
+    tch::set_num_threads(a.threads);
+    let classes = parse_classes(&a.classes).map_err(anyhow::Error::msg)?;
+    let dir = a.data.dir()?;
+    let mut recipe = Recipe::default_for(classes.len(), a.size);
+    recipe.epochs = a.epochs;
+    recipe.batch = a.batch;
+    recipe.lr = a.lr;
+    recipe.weight_decay = a.weight_decay;
+    recipe.label_smoothing = a.label_smoothing;
+    recipe.seed = a.seed;
+    if a.no_augment {
+        recipe.crop_pad = 0;
+        recipe.flip = false;
+    }
+    if a.tiny {
+        recipe.arch = ArchConfig::tiny(classes.len());
+    }
+    let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+    let checkpoint_dir = a.checkpoint_dir.clone().unwrap_or_else(|| fit::cache_dir().join("runs").join(&name));
+    let device = if a.cpu { tch::Device::Cpu } else { tch::Device::cuda_if_available() };
+    eprintln!("training on {device:?}, checkpoints in {}", checkpoint_dir.display());
+    let job = TrainJob {
+        dataset: a.data.dataset,
+        data: dir.clone(),
+        classes: classes.clone(),
+        recipe,
+        checkpoint_dir: checkpoint_dir.clone(),
+        resume: a.resume,
+        device,
+        limit_per_class: a.limit_per_class,
+        progress: true,
+    };
+    let trained = tr::train(&job)?;
+    let pre = trained.state.normalization.preprocess(a.size);
+
+    // The FC head on the full test split (the seed's first table).
+    let test = data::load(a.data.dataset, &dir, Split::Test)?;
+    let inputs = tr::dataset_tensor(&test, &pre)?;
+    let preds = tr::fc_predictions(&trained.arch, &trained.weights, &classes, &inputs)?;
+    drop(inputs);
+    let mut fc = Confusion::new(test.class_names.len());
+    for (s, p) in test.samples.iter().zip(&preds) {
+        fc.add(s.label, *p);
+    }
+    println!("FC head, {}-class test accuracy {:.4} (base classes {:.4})", fc.classes, fc.accuracy(), fc.accuracy_of(&classes));
+    println!("{}", fc.render());
+
+    let onnx = onnx::export(
+        &trained.arch,
+        &trained.weights,
+        &ExportOptions { height: a.size as usize, width: a.size as usize, logits: true, block_features: vec![] },
+    )?;
+    let extractor = Extractor::new(&onnx, pre, 32)?;
+    let head_defaults = defaults_for(Estimator::Pooled);
+    let mut head = fit_base(&extractor, a.data.dataset, &dir, &classes, &head_defaults, 64, a.limit_per_class)?;
+    let names = test.class_names.clone();
+    let lookup = |l: &str| names.iter().enumerate().find(|(c, n)| class_label(n, *c as u16).as_str() == l).map(|(c, _)| c as u16);
+    let gauss = head_test_accuracy(&extractor, a.data.dataset, &dir, &mut head, &lookup)?;
+    println!("Gaussian head (base classes only), {}-class test accuracy {:.4}", gauss.classes, gauss.accuracy());
+
+    let metrics = serde_json::json!({
+        "fc_test_accuracy": fc.accuracy(),
+        "fc_base_test_accuracy": fc.accuracy_of(&classes),
+        "fc_confusion": fc.matrix,
+        "gaussian_base_only_test_accuracy": gauss.accuracy(),
+        "history": trained.state.history,
+    });
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        dataset: a.data.dataset.name().into(),
+        labels: names.clone(),
+        base_classes: classes.clone(),
+        preprocess: pre,
+        feature_dim: extractor.dim(),
+        backbone_sha256: hex(&extractor.sha256),
+        head: head_defaults,
+        extra: serde_json::json!({
+            "recipe": trained.state.recipe,
+            "checkpoint": checkpoint_dir,
+            "metrics": metrics,
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+        }),
+    };
+    write_bundle(&a.out, &onnx, &head, &manifest)?;
+    write_atomic(&a.out.join("metrics.json"), &serde_json::to_vec_pretty(&metrics)?)?;
+    write_model_card(&a.out, &manifest)?;
+    println!("bundle written to {}", a.out.display());
+    Ok(())
+}
+
+fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
+    let metrics = &m.extra["metrics"];
+    let mut card = format!(
+        "# {name}\n\nEfficientNet-b0 feature extractor trained by gaussedge on {dataset} classes {classes:?} \
+         ({labels}), with the base classes' Gaussian-head statistics.\n\n\
+         * command: `{command}`\n* input: {w}x{h}, {c} channels, mean {mean:?}, std {std:?}\n\
+         * feature dim: {d}\n* backbone.onnx SHA-256: `{sha}`\n* head: {head:?}\n\n## Recipe\n\n```json\n{recipe}\n```\n\n## Metrics\n\n\
+         * FC head, 10-class test accuracy: {fc}\n* FC head, base-class test accuracy: {fcb}\n\
+         * Gaussian head before any new class, 10-class test accuracy: {g}\n\n\
+         ## Intended use\n\nA starting point for on-device class-incremental learning with the gaussedge \
+         head. Trained on {dataset} only: features for very different imagery will be weak.\n",
+        name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dataset = m.dataset,
+        classes = m.base_classes,
+        labels = m.base_classes.iter().map(|&c| m.labels[c as usize].as_str()).collect::<Vec<_>>().join(", "),
+        command = m.extra["command"].as_str().unwrap_or(""),
+        w = m.preprocess.width,
+        h = m.preprocess.height,
+        c = m.preprocess.channels,
+        mean = m.preprocess.mean,
+        std = m.preprocess.std,
+        d = m.feature_dim,
+        sha = m.backbone_sha256,
+        head = m.head,
+        recipe = serde_json::to_string_pretty(&m.extra["recipe"])?,
+        fc = metrics["fc_test_accuracy"],
+        fcb = metrics["fc_base_test_accuracy"],
+        g = metrics["gaussian_base_only_test_accuracy"],
+    );
+    card += "\nPer-epoch history is in `metrics.json`.\n";
+    write_atomic(&dir.join("MODEL_CARD.md"), card.as_bytes())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    use crate::arch::Arch;
+    use crate::onnx::{self, ExportOptions, Weights};
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(a.checkpoint.join("state.json")).with_context(|| format!("reading {}/state.json", a.checkpoint.display()))?,
+    )?;
+    let arch = Arch::new(serde_json::from_value(state["recipe"]["arch"].clone()).context("state.json recipe.arch")?);
+    let size = state["recipe"]["size"].as_u64().context("state.json recipe.size")? as usize;
+    let weights = Weights::from_safetensors(&std::fs::read(a.checkpoint.join("model.safetensors"))?)?;
+    let bytes = onnx::export(&arch, &weights, &ExportOptions { height: size, width: size, logits: a.logits, block_features: vec![] })?;
+    write_atomic(&a.out, &bytes)?;
+    println!("{} ({} bytes, SHA-256 {})", a.out.display(), bytes.len(), hex(&bundle::sha256(&bytes)));
+    Ok(())
+}
+
+fn fit_cmd(a: FitArgs) -> Result<()> {
+    let (b, extractor) = fit::extractor_for(&a.bundle, 32)?;
+    let mut manifest = b.manifest.clone();
+    let kind: DatasetKind = serde_json::from_value(serde_json::Value::String(manifest.dataset.clone()))
+        .with_context(|| format!("unknown dataset {:?} in the manifest", manifest.dataset))?;
+    let dir = a.data.clone().or_else(|| kind.default_dir()).context("--data DIR is required")?;
+    let classes = match &a.classes {
+        Some(c) => parse_classes(c).map_err(anyhow::Error::msg)?,
+        None => manifest.base_classes.clone(),
+    };
+    if let Some(e) = a.estimator {
+        manifest.head = defaults_for(e.into());
+    }
+    let head = fit_base(&extractor, kind, &dir, &classes, &manifest.head, a.capacity, None)?;
+    manifest.base_classes = classes;
+    write_bundle(&a.bundle, &b.onnx, &head, &manifest)?;
+    println!("fitted {} classes into {}", head.class_count(), a.bundle.join(bundle::STATS).display());
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+fn parity(a: ParityArgs) -> Result<()> {
+    use crate::net::EfficientNet;
+    use crate::parity;
+    use tch::{nn, Device, Kind, Tensor};
+    let (b, _) = fit::extractor_for(&a.bundle, 1)?;
+    let checkpoint = match a.checkpoint {
+        Some(c) => c,
+        None => PathBuf::from(b.manifest.extra["checkpoint"].as_str().context("no checkpoint recorded; pass --checkpoint")?),
+    };
+    let (_state, arch, weights) = crate::train::load_checkpoint(&checkpoint)?;
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let net = EfficientNet::new(&vs.root(), &arch);
+    let tmp = std::env::temp_dir().join(format!("gaussedge-parity-{}.safetensors", std::process::id()));
+    std::fs::write(&tmp, weights.to_safetensors()?)?;
+    let loaded = vs.load(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    loaded?;
+    let p = b.manifest.preprocess;
+    let inputs = Tensor::randn([a.batch as i64, 3, p.height as i64, p.width as i64], (Kind::Float, Device::Cpu));
+    let report = parity::check(&arch, &net, &vs, &inputs)?;
+    println!(
+        "parity on {} random inputs at {}x{}: max |tch - tract| = {:.3e}, feature scale {:.3}, relative {:.3e}",
+        a.batch, p.width, p.height, report.max_abs_diff, report.feature_scale, report.relative
+    );
+    if report.relative > 1e-4 {
+        bail!("parity above 1e-4 of the feature scale");
+    }
+    Ok(())
+}
+
+fn stats_info(file: &Path) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let header = stats::read_header(&bytes)?;
+    println!("{}: {} bytes", file.display(), bytes.len());
+    println!("{header:#?}");
+    let config = gaussedge_shared::HeadConfig {
+        dim: header.dim as usize,
+        capacity: header.classes.max(1) as usize,
+        weighting: header.weighting,
+        settings: header.settings,
+        transform: header.transform,
+    };
+    let mut head = gaussedge_shared::GaussianHead::with_capacity(config)?;
+    stats::load(&mut head, &bytes, &stats::Expect::default())?;
+    for (slot, c) in head.classes() {
+        println!("class {slot}: {:?} ({} samples)", c.label.as_str(), c.count);
+    }
+    Ok(())
+}
+
+fn label_arg(s: &str) -> Result<gaussedge_shared::Label> {
+    gaussedge_shared::label(s).context("label must be 1 to 32 bytes")
+}
+
+fn learn(a: LearnArgs) -> Result<()> {
+    let mut c = a.port.connect()?;
+    c.begin_class(label_arg(&a.label)?, a.extend)?;
+    let result = (|| -> Result<u64> {
+        if let Some(n) = a.capture {
+            return Ok(c.capture(n, a.source_class)?);
+        }
+        let dir = a.from.as_ref().context("--from DIR or --capture N")?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        let bar = fit::bar(true, files.len() as u64, "learning");
+        let mut staged = 0;
+        for f in files.iter().filter(|p| p.is_file()) {
+            let s = data::read_image(f, 0)?;
+            staged = c.learn(s.format, &s.pixels)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(staged)
+    })();
+    match result {
+        Ok(staged) => {
+            let (slot, count) = c.commit()?;
+            println!("learned {} from {staged} samples (slot {slot}, {count} in total)", a.label);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = c.abort();
+            Err(e)
+        }
+    }
+}
+
+fn predict(port: &PortArgs, images: &[PathBuf], json: bool) -> Result<()> {
+    let mut c = port.connect()?;
+    let mut out = vec![];
+    for f in images {
+        let s = data::read_image(f, 0)?;
+        let p = c.predict(s.format, &s.pixels)?;
+        if json {
+            out.push(serde_json::json!({"image": f, "label": p.label.as_str(), "score": p.score, "novelty": p.novelty, "novel": p.novel}));
+        } else {
+            println!("{}: {} (score {:.3}, novelty {:.1}{})", f.display(), p.label, p.score, p.novelty, if p.novel { ", NOVEL" } else { "" });
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn captures_pull(port: &PortArgs, out: &Path) -> Result<()> {
+    let mut c = port.connect()?;
+    let mut total = 0;
+    for class in c.classes()? {
+        let dir = out.join(class.label.as_str().replace(['/', '\\'], "_"));
+        std::fs::create_dir_all(&dir)?;
+        for i in 0..class.stored {
+            let (format, pixels) = c.pull_capture(class.label.clone(), i)?;
+            let s = data::Sample { label: 0, format, pixels };
+            data::write_png(&s, &dir.join(format!("{i:05}.png")))?;
+            total += 1;
+        }
+    }
+    println!("wrote {total} samples under {}", out.display());
+    Ok(())
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    anyhow::ensure!(!a.files.is_empty(), "name at least one statistics file");
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let first = read(&a.files[0])?;
+    let header = stats::read_header(&first)?;
+    let files: Vec<Vec<u8>> = a.files.iter().map(|p| read(p)).collect::<Result<_>>()?;
+    let base = a.base.as_deref().map(read).transpose()?;
+    let merged = crate::merge::merge(&files, base.as_deref())?;
+    let meta = StatsMeta { backbone_sha256: header.backbone_sha256, preprocess: header.preprocess };
+    let bytes = stats::to_vec(&merged, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomic(&a.out, &bytes)?;
+    for (_, c) in merged.classes() {
+        println!("{:>32}: {} samples", c.label.as_str(), c.count);
+    }
+    println!("merged {} files into {}", a.files.len(), a.out.display());
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    use crate::eval::{self, Setup};
+    let dir = a.data.dir()?;
+    let base = parse_classes(&a.base).map_err(anyhow::Error::msg)?;
+    let add = parse_classes(&a.add).map_err(anyhow::Error::msg)?;
+    let setup = Setup::load(&a.bundle, a.data.dataset, &dir, true)?;
+    let head = match a.estimator {
+        Some(e) => defaults_for(e.into()),
+        None => setup.bundle.manifest.head,
+    };
+    let (stages, novelty, device) = match &a.via {
+        Some(port) => {
+            let mut c = PortArgs { port: port.clone(), baud: 921_600, timeout: 10.0 }.connect()?;
+            let (stages, novelty) = crate::demo::through_device(&mut c, &setup, &head, &base, &add, a.shots.map(|s| s as u32), a.seed)?;
+            (vec![stages], novelty, true)
+        }
+        None => {
+            let mut all = vec![];
+            let mut nov = None;
+            for draw in 0..a.draws.max(1) {
+                let (s, n) = eval::run_in_process(&setup, &head, &base, &add, a.shots, a.seed + draw as u64, true)?;
+                all.push(s);
+                nov = Some(n);
+            }
+            (all, nov.context("no draw")?, false)
+        }
+    };
+    let finals: Vec<f64> = stages.iter().map(|s| s.last().map_or(0.0, |x| x.accuracy)).collect();
+    let final_accuracy = finals.iter().sum::<f64>() / finals.len() as f64;
+    let last = &stages[0];
+    println!("{}", eval::render_table(last, &setup.labels));
+    if let Some(f) = last.last() {
+        println!("final confusion matrix (rows: true class, columns: predicted):\n{}", f.confusion.render());
+    }
+    if finals.len() > 1 {
+        println!("final accuracy over {} draws: {:.4} (min {:.4}, max {:.4})", finals.len(), final_accuracy,
+            finals.iter().cloned().fold(f64::INFINITY, f64::min), finals.iter().cloned().fold(0.0, f64::max));
+    }
+    println!("final 10-class accuracy {final_accuracy:.4}; novelty AUROC {:.4}, TNR at 95% TPR {:.4}", novelty.auroc, novelty.tnr_at_95_tpr);
+    let report = serde_json::json!({
+        "bundle": a.bundle,
+        "dataset": a.data.dataset.name(),
+        "base": base,
+        "add": add,
+        "shots": a.shots,
+        "draws": finals.len(),
+        "head": head,
+        "via_device": device,
+        "stages": last,
+        "final_accuracy": final_accuracy,
+        "final_accuracies": finals,
+        "novelty": novelty,
+    });
+    if let Some(p) = &a.json {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_atomic(p, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    if let Some(p) = &a.plot {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let series = vec![("gaussedge".to_string(), last.iter().map(|s| s.accuracy).collect())];
+        eval::plot(p, &format!("{}: classes added one at a time", a.data.dataset.name()), &series)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    gaussedge_device::cli::main()
+}

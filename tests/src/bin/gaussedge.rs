@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    gaussedge_host::cli::main()
+}

@@ -1,0 +1,147 @@
+//! The `gaussedge` CLI against the simulator over a pseudo-terminal, as a
+//! user would run it.
+
+use gaussedge_data::Split;
+use gaussedge_shared::stats;
+use gaussedge_tests::*;
+use std::path::Path;
+use std::process::Command;
+
+fn gaussedge(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(host_binary()).args(args).output().expect("run gaussedge");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, stdout, stderr) = gaussedge(args);
+    assert!(success, "gaussedge {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn write_images(dir: &Path, class: u16, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let train = dataset(Split::Train);
+    for (k, i) in train.indices_of(class).into_iter().take(n).enumerate() {
+        gaussedge_data::write_png(&train.samples[i], &dir.join(format!("{k}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn device_commands_end_to_end() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let sim = start(&state, &[]);
+    let port = sim.path.as_str();
+
+    let info = ok(&["info", "--port", port]);
+    assert!(info.contains("capacity: 64"), "{info}");
+
+    let frogs = work.path().join("frogs");
+    write_images(&frogs, 6, 12);
+    let out = ok(&["learn", "--port", port, "--label", "frog", "--from", frogs.to_str().unwrap()]);
+    assert!(out.contains("learned frog from 12 samples"), "{out}");
+    let out = ok(&["learn", "--port", port, "--label", "horse", "--capture", "9", "--source-class", "7"]);
+    assert!(out.contains("from 9 samples"), "{out}");
+    let (success, _, err) = gaussedge(&["learn", "--port", port, "--label", "frog", "--capture", "2"]);
+    assert!(!success && err.contains("DuplicateLabel"), "{err}");
+
+    let out = ok(&["predict", "--port", port, "--json", frogs.join("0.png").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v[0]["label"].is_string() && v[0]["novelty"].is_number(), "{out}");
+
+    let pulled = work.path().join("device.stats");
+    ok(&["pull", "--port", port, "-o", pulled.to_str().unwrap()]);
+    let header = stats::read_header(&std::fs::read(&pulled).unwrap()).unwrap();
+    assert_eq!(header.classes, 5);
+    let shown = ok(&["stats", pulled.to_str().unwrap()]);
+    assert!(shown.contains("\"frog\" (12 samples)"), "{shown}");
+
+    let captures = work.path().join("captures");
+    ok(&["captures", "pull", "--port", port, "--out", captures.to_str().unwrap()]);
+    let horses = std::fs::read_dir(captures.join("horse")).unwrap().count();
+    assert_eq!(horses, 9, "the device's stored samples come back as an image folder");
+    let back = gaussedge_data::load_folder(&captures).unwrap();
+    assert!(back.class_names.contains(&"frog".to_string()));
+
+    ok(&["forget", "--port", port, "--label", "frog"]);
+    ok(&["push", "--port", port, f.bundle.join("head.stats").to_str().unwrap()]);
+    let (success, _, err) = gaussedge(&["push", "--port", port, f.bundle_wide.join("head.stats").to_str().unwrap()]);
+    assert!(!success && err.contains("DimMismatch"), "{err}");
+    drop(sim);
+}
+
+#[test]
+fn merge_of_two_devices_equals_one_device_learning_both() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let base = f.bundle.join("head.stats");
+    let learn = |name: &str, classes: &[(u16, &str)]| {
+        let state = work.path().join(name);
+        let sim = start(&state, &[]);
+        ok(&["push", "--port", &sim.path, base.to_str().unwrap()]);
+        for (class, label) in classes {
+            ok(&["learn", "--port", &sim.path, "--label", label, "--capture", "10", "--source-class", &class.to_string()]);
+        }
+        let out = work.path().join(format!("{name}.stats"));
+        ok(&["pull", "--port", &sim.path, "-o", out.to_str().unwrap()]);
+        out
+    };
+    let a = learn("a", &[(5, "dog")]);
+    let b = learn("b", &[(8, "ship")]);
+    let both = learn("both", &[(5, "dog"), (8, "ship")]);
+    let merged = work.path().join("merged.stats");
+    ok(&["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--base", base.to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    let load = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        let h = stats::read_header(&bytes).unwrap();
+        let mut head = gaussedge_shared::GaussianHead::with_capacity(gaussedge_shared::HeadConfig {
+            dim: h.dim as usize,
+            capacity: 8,
+            weighting: h.weighting,
+            settings: h.settings,
+            transform: h.transform,
+        })
+        .unwrap();
+        stats::load(&mut head, &bytes, &stats::Expect::default()).unwrap();
+        head
+    };
+    let (m, w) = (load(&merged), load(&both));
+    let labels = |h: &gaussedge_shared::GaussianHead<_>| h.classes().map(|(_, c)| (c.label.to_string(), c.count)).collect::<Vec<_>>();
+    assert_eq!(labels(&m), labels(&w));
+    let diff = m.pooled().iter().zip(w.pooled()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let scale = w.pooled().iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    assert!(diff <= 1e-9 * scale, "pooled scatter differs by {diff:e} (scale {scale:e})");
+    assert_eq!(m.scatter_norm(), w.scatter_norm());
+}
+
+#[test]
+fn eval_in_process_and_through_a_device_agree() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let data = f.data.to_str().unwrap();
+    let bundle = f.bundle.to_str().unwrap();
+    let json = work.path().join("eval.json");
+    let plot = work.path().join("eval.png");
+    let out = ok(&[
+        "eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5",
+        "--json", json.to_str().unwrap(), "--plot", plot.to_str().unwrap(),
+    ]);
+    assert!(out.contains("final 10-class accuracy"), "{out}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["stages"].as_array().unwrap().len(), 4);
+    let in_process = report["final_accuracy"].as_f64().unwrap();
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
+
+    let state = work.path().join("state");
+    let sim = start(&state, &[]);
+    let json2 = work.path().join("eval-device.json");
+    ok(&[
+        "eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5",
+        "--via", &sim.path, "--json", json2.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json2).unwrap()).unwrap();
+    assert_eq!(report["via_device"], true);
+    let via = report["final_accuracy"].as_f64().unwrap();
+    assert!((via - in_process).abs() < 0.05, "in process {in_process}, through the device {via}");
+}
