@@ -1,11 +1,11 @@
 //! `gaussedge-device`: the firmware, serving a serial port, or the simulator
 //! on a pseudo-terminal.
 
-use anyhow::{Context, Result};
-use clap::Parser;
 use crate::link::{self, Pty};
 use crate::server::{Buffers, Server};
 use crate::sim::{Camera, SimOptions, SimPlatform};
+use anyhow::{Context, Result};
+use clap::Parser;
 use gaussedge_shared::head::{GaussianHead, HeadConfig};
 use gaussedge_shared::preprocess::input_len;
 use gaussedge_shared::wire::FrameFormat;
@@ -78,7 +78,8 @@ pub fn main() -> Result<()> {
     let mut input = vec![0f32; input_len(&info.preprocess)];
     let mut features = vec![0f32; info.dim];
     let bufs = Buffers { frame: &mut frame, input: &mut input, features: &mut features };
-    let mut server = Server::boot(head, platform, bufs, info, max_frame).map_err(|f| anyhow::anyhow!("{:?}: {}", f.code, f.detail))?;
+    let mut server = Server::boot(head, platform, bufs, info, max_frame)
+        .map_err(|f| anyhow::anyhow!("{:?}: {}", f.code, f.detail))?;
     match server.loaded_from() {
         Some(l) => eprintln!("loaded slot {} (generation {})", ["A", "B"][l.slot as usize & 1], l.generation),
         None => eprintln!("no saved state; loaded the bundle's base statistics"),

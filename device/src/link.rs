@@ -50,7 +50,9 @@ pub fn serve<S: Storage, P: Platform>(
         let n = match port.read(&mut buf) {
             Ok(0) => continue,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                continue
+            }
             Err(e) => return Err(e.into()),
         };
         server.receive(&buf[..n], &mut |frame| {

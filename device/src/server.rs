@@ -124,7 +124,9 @@ fn head_error(e: HeadError) -> Response {
 fn stats_error(e: StatsError) -> Response {
     match e {
         StatsError::Head(h) => head_error(h),
-        StatsError::BackboneMismatch { .. } => Response::Error { code: ErrorCode::BackboneMismatch, detail: display(&e) },
+        StatsError::BackboneMismatch { .. } => {
+            Response::Error { code: ErrorCode::BackboneMismatch, detail: display(&e) }
+        }
         StatsError::DimMismatch { .. } => Response::Error { code: ErrorCode::DimMismatch, detail: display(&e) },
         other => Response::Error { code: ErrorCode::BadStats, detail: display(&other) },
     }
@@ -245,7 +247,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
 
     /// Makes the head's state durable. On failure the head is reloaded from
     /// the last durable state, so RAM never runs ahead of the slots.
-    fn persist(&mut self) -> Result<(), Response> {
+    fn persist(&mut self) -> Result<(), Fault> {
         let meta = self.meta();
         match persist::save(&mut self.platform, &self.head, &meta, &self.persisted, self.current) {
             Ok(loaded) => {
@@ -254,8 +256,16 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
             }
             Err(f) => {
                 let _ = persist::load_newest(&mut self.platform, &mut self.head, self.backbone.sha256);
-                Err(fault(f))
+                Err(f)
             }
+        }
+    }
+
+    /// Persists and answers `Ok`, or the storage fault.
+    fn persist_ok(&mut self) -> Response {
+        match self.persist() {
+            Ok(()) => Response::Ok,
+            Err(f) => fault(f),
         }
     }
 
@@ -291,7 +301,8 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 let total = self.head.class_count() as u16;
                 for (slot, c) in self.head.classes().skip(from as usize).take(CLASSES_PER_PAGE) {
                     let stored = self.platform.stored_count(c.label.as_str());
-                    let _ = entries.push(ClassEntry { slot: slot as u16, label: c.label.clone(), count: c.count, stored });
+                    let _ =
+                        entries.push(ClassEntry { slot: slot as u16, label: c.label.clone(), count: c.count, stored });
                 }
                 Response::Classes { total, entries }
             }
@@ -299,7 +310,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 if let Err(e) = self.head.set_settings(settings) {
                     return head_error(e);
                 }
-                self.persist().err().unwrap_or(Response::Ok)
+                self.persist_ok()
             }
             Request::SetNoveltyThreshold(t) => {
                 if t.is_nan() || t < 0.0 {
@@ -309,9 +320,9 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 self.persisted.novelty_threshold = t;
                 match self.persist() {
                     Ok(()) => Response::Ok,
-                    Err(r) => {
+                    Err(f) => {
                         self.persisted.novelty_threshold = old;
-                        r
+                        fault(f)
                     }
                 }
             }
@@ -327,7 +338,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 if let Err(e) = stats::load(&mut self.head, base, &expect) {
                     return stats_error(e);
                 }
-                self.persist().err().unwrap_or(Response::Ok)
+                self.persist_ok()
             }
             Request::BeginUpload { target, len, sha256 } => self.begin_upload(target, len, sha256),
             Request::UploadChunk { offset, data } => self.upload_chunk(offset, &data),
@@ -371,7 +382,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 };
                 match self.persist() {
                     Ok(()) => Response::Committed { slot: committed.class as u16, count: committed.count },
-                    Err(r) => r,
+                    Err(f) => fault(f),
                 }
             }
             Request::AbortClass => {
@@ -393,7 +404,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                     return head_error(e);
                 }
                 self.platform.drop_samples(&label);
-                self.persist().err().unwrap_or(Response::Ok)
+                self.persist_ok()
             }
             Request::ActivateBundle => self.activate_bundle(),
         }
@@ -518,7 +529,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 };
                 self.platform.upload_discard();
                 match result {
-                    Ok(_) => self.persist().err().unwrap_or(Response::Ok),
+                    Ok(_) => self.persist_ok(),
                     Err(e) => stats_error(e),
                 }
             }
@@ -602,6 +613,6 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
             return stats_error(e);
         }
         self.backbone = info;
-        self.persist().err().unwrap_or(Response::Ok)
+        self.persist_ok()
     }
 }

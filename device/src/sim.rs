@@ -69,7 +69,8 @@ impl Camera {
                 i
             }
         };
-        let s = self.dataset.samples.get(index).ok_or_else(|| Fault::new(ErrorCode::Capture, "camera has no images"))?;
+        let s =
+            self.dataset.samples.get(index).ok_or_else(|| Fault::new(ErrorCode::Capture, "camera has no images"))?;
         if s.pixels.len() > frame.len() {
             return Err(Fault::new(ErrorCode::Capture, "camera image larger than the frame buffer"));
         }
@@ -130,7 +131,12 @@ fn load_active(dir: &Path) -> anyhow::Result<Active> {
     let p = b.manifest.preprocess;
     let backbone = Backbone::load(&b.onnx, 1, p.channels as usize, p.height as usize, p.width as usize)?;
     if backbone.dim() != b.manifest.feature_dim {
-        anyhow::bail!("{}: backbone gives {} features, the manifest says {}", dir.display(), backbone.dim(), b.manifest.feature_dim);
+        anyhow::bail!(
+            "{}: backbone gives {} features, the manifest says {}",
+            dir.display(),
+            backbone.dim(),
+            b.manifest.feature_dim
+        );
     }
     let info = BackboneInfo { preprocess: p, dim: backbone.dim(), sha256: bundle::sha256(&b.onnx) };
     Ok(Active { backbone, info, base_stats: b.stats.unwrap_or_default() })
@@ -145,11 +151,8 @@ impl SimPlatform {
     pub fn open(opts: SimOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&opts.state)?;
         let flashed = opts.state.join("bundle");
-        let active = if flashed.join(bundle::MANIFEST).exists() {
-            load_active(&flashed)?
-        } else {
-            load_active(&opts.bundle)?
-        };
+        let active =
+            if flashed.join(bundle::MANIFEST).exists() { load_active(&flashed)? } else { load_active(&opts.bundle)? };
         let open = |name: &str| {
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(opts.state.join(name))
         };
@@ -172,11 +175,16 @@ impl SimPlatform {
     }
 
     fn staged_info(&self) -> Result<(Manifest, BackboneInfo), Fault> {
-        let onnx = self.staged.get(&BundleFileKey::Backbone).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no backbone staged"))?;
-        let manifest_bytes =
-            self.staged.get(&BundleFileKey::Manifest).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no manifest staged"))?;
-        let manifest: Manifest =
-            serde_json::from_slice(manifest_bytes).map_err(|e| Fault::new(ErrorCode::BadStats, &format!("manifest: {e}")))?;
+        let onnx = self
+            .staged
+            .get(&BundleFileKey::Backbone)
+            .ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no backbone staged"))?;
+        let manifest_bytes = self
+            .staged
+            .get(&BundleFileKey::Manifest)
+            .ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no manifest staged"))?;
+        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| Fault::new(ErrorCode::BadStats, &format!("manifest: {e}")))?;
         let sha = bundle::sha256(onnx);
         if bundle::hex(&sha) != manifest.backbone_sha256 {
             return Err(Fault::new(ErrorCode::UploadHash, "staged backbone does not match the staged manifest"));
@@ -258,8 +266,10 @@ impl Platform for SimPlatform {
 
     fn bundle_staged(&mut self) -> Result<(BackboneInfo, &[u8]), Fault> {
         let (_, info) = self.staged_info()?;
-        let stats =
-            self.staged.get(&BundleFileKey::Stats).ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no statistics staged"))?;
+        let stats = self
+            .staged
+            .get(&BundleFileKey::Stats)
+            .ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no statistics staged"))?;
         Ok((info, stats))
     }
 
@@ -270,9 +280,11 @@ impl Platform for SimPlatform {
         let old = self.state.join("bundle.old");
         let _ = std::fs::remove_dir_all(&next);
         std::fs::create_dir_all(&next).map_err(storage)?;
-        for (key, name) in
-            [(BundleFileKey::Backbone, bundle::BACKBONE), (BundleFileKey::Manifest, bundle::MANIFEST), (BundleFileKey::Stats, bundle::STATS)]
-        {
+        for (key, name) in [
+            (BundleFileKey::Backbone, bundle::BACKBONE),
+            (BundleFileKey::Manifest, bundle::MANIFEST),
+            (BundleFileKey::Stats, bundle::STATS),
+        ] {
             let mut f = File::create(next.join(name)).map_err(storage)?;
             f.write_all(&self.staged[&key]).map_err(storage)?;
             f.sync_all().map_err(storage)?;

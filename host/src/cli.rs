@@ -1,11 +1,11 @@
 //! `gaussedge`: the host CLI.
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use gaussedge_device::bundle::{self, hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
 use crate::data::{self, parse_classes, DatasetKind, Split};
 use crate::fit::{self, class_label, write_bundle, Extractor};
 use crate::util::{write_atomic, Confusion};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gaussedge_device::bundle::{self, hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
 use gaussedge_shared::config::Estimator;
 use gaussedge_shared::stats::{self, StatsMeta};
 use gaussedge_shared::Transform;
@@ -112,7 +112,8 @@ struct PortArgs {
 
 impl PortArgs {
     fn connect(&self) -> Result<crate::client::Client> {
-        let mut c = crate::client::Client::open(&self.port, self.baud).with_context(|| format!("opening {}", self.port))?;
+        let mut c =
+            crate::client::Client::open(&self.port, self.baud).with_context(|| format!("opening {}", self.port))?;
         c.timeout = std::time::Duration::from_secs_f64(self.timeout);
         Ok(c)
     }
@@ -482,7 +483,12 @@ fn train(a: TrainArgs) -> Result<()> {
     for (s, p) in test.samples.iter().zip(&preds) {
         fc.add(s.label, *p);
     }
-    println!("FC head, {}-class test accuracy {:.4} (base classes {:.4})", fc.classes, fc.accuracy(), fc.accuracy_of(&classes));
+    println!(
+        "FC head, {}-class test accuracy {:.4} (base classes {:.4})",
+        fc.classes,
+        fc.accuracy(),
+        fc.accuracy_of(&classes)
+    );
     println!("{}", fc.render());
 
     let onnx = onnx::export(
@@ -494,7 +500,9 @@ fn train(a: TrainArgs) -> Result<()> {
     let head_defaults = defaults_for(Estimator::Pooled);
     let mut head = fit_base(&extractor, a.data.dataset, &dir, &classes, &head_defaults, 64, a.limit_per_class)?;
     let names = test.class_names.clone();
-    let lookup = |l: &str| names.iter().enumerate().find(|(c, n)| class_label(n, *c as u16).as_str() == l).map(|(c, _)| c as u16);
+    let lookup = |l: &str| {
+        names.iter().enumerate().find(|(c, n)| class_label(n, *c as u16).as_str() == l).map(|(c, _)| c as u16)
+    };
     let gauss = head_test_accuracy(&extractor, a.data.dataset, &dir, &mut head, &lookup)?;
     println!("Gaussian head (base classes only), {}-class test accuracy {:.4}", gauss.classes, gauss.accuracy());
 
@@ -565,12 +573,17 @@ fn export(a: ExportArgs) -> Result<()> {
     use crate::arch::Arch;
     use crate::onnx::{self, ExportOptions, Weights};
     let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(a.checkpoint.join("state.json")).with_context(|| format!("reading {}/state.json", a.checkpoint.display()))?,
+        &std::fs::read(a.checkpoint.join("state.json"))
+            .with_context(|| format!("reading {}/state.json", a.checkpoint.display()))?,
     )?;
     let arch = Arch::new(serde_json::from_value(state["recipe"]["arch"].clone()).context("state.json recipe.arch")?);
     let size = state["recipe"]["size"].as_u64().context("state.json recipe.size")? as usize;
     let weights = Weights::from_safetensors(&std::fs::read(a.checkpoint.join("model.safetensors"))?)?;
-    let bytes = onnx::export(&arch, &weights, &ExportOptions { height: size, width: size, logits: a.logits, block_features: vec![] })?;
+    let bytes = onnx::export(
+        &arch,
+        &weights,
+        &ExportOptions { height: size, width: size, logits: a.logits, block_features: vec![] },
+    )?;
     write_atomic(&a.out, &bytes)?;
     println!("{} ({} bytes, SHA-256 {})", a.out.display(), bytes.len(), hex(&bundle::sha256(&bytes)));
     Ok(())
@@ -604,7 +617,9 @@ fn parity(a: ParityArgs) -> Result<()> {
     let (b, _) = fit::extractor_for(&a.bundle, 1)?;
     let checkpoint = match a.checkpoint {
         Some(c) => c,
-        None => PathBuf::from(b.manifest.extra["checkpoint"].as_str().context("no checkpoint recorded; pass --checkpoint")?),
+        None => {
+            PathBuf::from(b.manifest.extra["checkpoint"].as_str().context("no checkpoint recorded; pass --checkpoint")?)
+        }
     };
     let (_state, arch, weights) = crate::train::load_checkpoint(&checkpoint)?;
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -693,7 +708,14 @@ fn predict(port: &PortArgs, images: &[PathBuf], json: bool) -> Result<()> {
         if json {
             out.push(serde_json::json!({"image": f, "label": p.label.as_str(), "score": p.score, "novelty": p.novelty, "novel": p.novel}));
         } else {
-            println!("{}: {} (score {:.3}, novelty {:.1}{})", f.display(), p.label, p.score, p.novelty, if p.novel { ", NOVEL" } else { "" });
+            println!(
+                "{}: {} (score {:.3}, novelty {:.1}{})",
+                f.display(),
+                p.label,
+                p.score,
+                p.novelty,
+                if p.novel { ", NOVEL" } else { "" }
+            );
         }
     }
     if json {
@@ -750,7 +772,8 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let (stages, novelty, device) = match &a.via {
         Some(port) => {
             let mut c = PortArgs { port: port.clone(), baud: 921_600, timeout: 10.0 }.connect()?;
-            let (stages, novelty) = crate::demo::through_device(&mut c, &setup, &head, &base, &add, a.shots.map(|s| s as u32), a.seed)?;
+            let (stages, novelty) =
+                crate::demo::through_device(&mut c, &setup, &head, &base, &add, a.shots.map(|s| s as u32), a.seed)?;
             (vec![stages], novelty, true)
         }
         None => {
@@ -772,10 +795,18 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         println!("final confusion matrix (rows: true class, columns: predicted):\n{}", f.confusion.render());
     }
     if finals.len() > 1 {
-        println!("final accuracy over {} draws: {:.4} (min {:.4}, max {:.4})", finals.len(), final_accuracy,
-            finals.iter().cloned().fold(f64::INFINITY, f64::min), finals.iter().cloned().fold(0.0, f64::max));
+        println!(
+            "final accuracy over {} draws: {:.4} (min {:.4}, max {:.4})",
+            finals.len(),
+            final_accuracy,
+            finals.iter().cloned().fold(f64::INFINITY, f64::min),
+            finals.iter().cloned().fold(0.0, f64::max)
+        );
     }
-    println!("final 10-class accuracy {final_accuracy:.4}; novelty AUROC {:.4}, TNR at 95% TPR {:.4}", novelty.auroc, novelty.tnr_at_95_tpr);
+    println!(
+        "final 10-class accuracy {final_accuracy:.4}; novelty AUROC {:.4}, TNR at 95% TPR {:.4}",
+        novelty.auroc, novelty.tnr_at_95_tpr
+    );
     let report = serde_json::json!({
         "bundle": a.bundle,
         "dataset": a.data.dataset.name(),

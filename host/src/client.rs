@@ -157,22 +157,26 @@ impl Client {
         }
     }
 
-    fn expect<T>(&mut self, req: &Request, pick: impl FnOnce(Response) -> Result<T, Response>) -> Result<T, ClientError> {
+    fn expect<T>(
+        &mut self,
+        req: &Request,
+        pick: impl FnOnce(Response) -> Result<T, Box<Response>>,
+    ) -> Result<T, ClientError> {
         let r = self.call(req)?;
-        pick(r).map_err(|r| ClientError::Unexpected(Box::new(r)))
+        pick(r).map_err(ClientError::Unexpected)
     }
 
     fn ok(&mut self, req: &Request) -> Result<(), ClientError> {
         self.expect(req, |r| match r {
             Response::Ok => Ok(()),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
     }
 
     pub fn hello(&mut self) -> Result<DeviceInfo, ClientError> {
         self.expect(&Request::Hello, |r| match r {
             Response::Info(i) => Ok(i),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
     }
 
@@ -181,7 +185,7 @@ impl Client {
         loop {
             let (total, entries) = self.expect(&Request::ListClasses { from: out.len() as u16 }, |r| match r {
                 Response::Classes { total, entries } => Ok((total, entries)),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })?;
             let empty = entries.is_empty();
             out.extend(entries);
@@ -206,7 +210,7 @@ impl Client {
     pub fn begin_class(&mut self, label: Label, extend: bool) -> Result<(), ClientError> {
         self.expect(&Request::BeginClass { label, extend }, |r| match r {
             Response::Staged { .. } => Ok(()),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
     }
 
@@ -246,7 +250,7 @@ impl Client {
             let n = left.min(16) as u16;
             staged = self.expect(&Request::Capture { count: n, source_class }, |r| match r {
                 Response::Staged { count } => Ok(count),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })?;
             left -= n as u32;
         }
@@ -256,7 +260,7 @@ impl Client {
     pub fn commit(&mut self) -> Result<(u16, u64), ClientError> {
         self.expect(&Request::CommitClass, |r| match r {
             Response::Committed { slot, count } => Ok((slot, count)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         })
     }
 
@@ -271,7 +275,8 @@ impl Client {
     /// Uploads `bytes` in chunks, verified by SHA-256 on the device.
     pub fn upload(&mut self, target: UploadTarget, bytes: &[u8]) -> Result<Response, ClientError> {
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
-        let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "upload over 4 GiB"))?;
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "upload over 4 GiB"))?;
         self.ok(&Request::BeginUpload { target, len, sha256 })?;
         for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
             let mut data = wire::Chunk::new();
@@ -295,7 +300,7 @@ impl Client {
             let req = Request::Download { source: source.clone(), offset: out.len() as u32, max: MAX_CHUNK as u16 };
             let (total, data) = self.expect(&req, |r| match r {
                 Response::Data { total, data, .. } => Ok((total, data)),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })?;
             out.extend_from_slice(&data);
             if out.len() >= total as usize || data.is_empty() {
@@ -328,7 +333,9 @@ impl Client {
     /// Flashes a bundle: uploads its three files, then activates them.
     pub fn flash(&mut self, backbone: &[u8], manifest: &[u8], stats: &[u8]) -> Result<(), ClientError> {
         use gaussedge_shared::wire::BundleFile;
-        for (file, bytes) in [(BundleFile::Backbone, backbone), (BundleFile::Manifest, manifest), (BundleFile::Stats, stats)] {
+        for (file, bytes) in
+            [(BundleFile::Backbone, backbone), (BundleFile::Manifest, manifest), (BundleFile::Stats, stats)]
+        {
             match self.upload(UploadTarget::Bundle(file), bytes)? {
                 Response::Ok => {}
                 other => return Err(ClientError::Unexpected(Box::new(other))),

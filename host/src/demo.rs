@@ -258,7 +258,10 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
     let last = run.stages.last().context("no stage")?;
     println!("final confusion matrix (rows: true class, columns: predicted):\n{}", last.confusion.render());
     if let (Some(acc), Some(agree)) = (run.device_accuracy, run.agreement) {
-        println!("final test set classified on the device: accuracy {acc:.4}, agreement with the host {:.2}%", agree * 100.0);
+        println!(
+            "final test set classified on the device: accuracy {acc:.4}, agreement with the host {:.2}%",
+            agree * 100.0
+        );
     }
     println!(
         "novelty of classes {:?} before they were learned: AUROC {:.4}, TNR at 95% TPR {:.4}",
@@ -285,7 +288,11 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
         }
     }
     crate::util::write_atomic(json, &serde_json::to_vec_pretty(&report)?)?;
-    eval::plot(plot, &format!("{}: classes learned on the device", kind.name()), &[("gaussedge".into(), run.stages.iter().map(|s| s.accuracy).collect())])?;
+    eval::plot(
+        plot,
+        &format!("{}: classes learned on the device", kind.name()),
+        &[("gaussedge".into(), run.stages.iter().map(|s| s.accuracy).collect())],
+    )?;
     println!("wrote {} and {}", json.display(), plot.display());
     drop(sim);
     let _ = std::fs::remove_dir_all(&state);

@@ -146,16 +146,29 @@ impl Setup {
 
     /// The head to start from: the bundle's statistics if they match the
     /// settings asked for, else refitted from the base training features.
-    pub fn base_head(&self, head: &HeadDefaults, base: &[u16], capacity: usize, progress: bool) -> Result<GaussianHead<OwnedStorage>> {
+    pub fn base_head(
+        &self,
+        head: &HeadDefaults,
+        base: &[u16],
+        capacity: usize,
+        progress: bool,
+    ) -> Result<GaussianHead<OwnedStorage>> {
         let d = self.extractor.dim();
         if let Some(bytes) = &self.bundle.stats {
             let header = stats::read_header(bytes)?;
             if header.weighting == head.weighting && header.transform == head.transform {
-                let mut h = fit::new_head(d, capacity, head, &[])
-                    .or_else(|_| fit::new_head(d, capacity, &HeadDefaults { transform: gaussedge_shared::Transform::IDENTITY, ..*head }, &[]))?;
+                let mut h = fit::new_head(d, capacity, head, &[]).or_else(|_| {
+                    fit::new_head(
+                        d,
+                        capacity,
+                        &HeadDefaults { transform: gaussedge_shared::Transform::IDENTITY, ..*head },
+                        &[],
+                    )
+                })?;
                 stats::load(&mut h, bytes, &stats::Expect { backbone_sha256: Some(self.extractor.sha256) })?;
                 h.set_settings(head.settings)?;
-                let classes: Vec<u16> = h.classes().filter_map(|(_, c)| self.labels.class_of(c.label.as_str())).collect();
+                let classes: Vec<u16> =
+                    h.classes().filter_map(|(_, c)| self.labels.class_of(c.label.as_str())).collect();
                 if classes == base {
                     return Ok(h);
                 }
@@ -174,7 +187,14 @@ impl Setup {
 }
 
 /// Picks `shots` random training rows of `class` (all when `None`).
-pub fn pick_rows(features: &[f32], labels: &[u16], d: usize, class: u16, shots: Option<usize>, rng: &mut Rng) -> Vec<f32> {
+pub fn pick_rows(
+    features: &[f32],
+    labels: &[u16],
+    d: usize,
+    class: u16,
+    shots: Option<usize>,
+    rng: &mut Rng,
+) -> Vec<f32> {
     let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
     let chosen: Vec<usize> = match shots {
         Some(k) => rng.sample(idx.len(), k).into_iter().map(|j| idx[j]).collect(),
@@ -219,7 +239,9 @@ pub fn plot(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Result<(
     // installs it). Without it the plot is drawn without labels.
     let text = std::fs::read(FONT)
         .ok()
-        .map(|b| plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(b.into_boxed_slice())).is_ok())
+        .map(|b| {
+            plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(b.into_boxed_slice())).is_ok()
+        })
         .unwrap_or(false);
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -253,11 +275,16 @@ pub fn plot(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Result<(
 
 /// The table printed per stage.
 pub fn render_table(stages: &[Stage], names: &Labels) -> String {
-    let mut s = String::from("| stage | added | classes | accuracy | old classes | new classes |\n| --- | --- | --- | --- | --- | --- |\n");
+    let mut s = String::from(
+        "| stage | added | classes | accuracy | old classes | new classes |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
     for (i, st) in stages.iter().enumerate() {
         let added = st.added.map(|c| format!("{c} ({})", names.0[c as usize])).unwrap_or_else(|| "base".into());
         let new = st.new_accuracy.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into());
-        s += &format!("| {i} | {added} | {} | {:.4} | {:.4} | {new} |\n", st.classes_known, st.accuracy, st.old_accuracy);
+        s += &format!(
+            "| {i} | {added} | {} | {:.4} | {:.4} | {new} |\n",
+            st.classes_known, st.accuracy, st.old_accuracy
+        );
     }
     s
 }

@@ -105,8 +105,14 @@ pub fn class_label(name: &str, class: u16) -> gaussedge_shared::Label {
 
 /// A head with `capacity` slots and the bundle's settings, its centre set
 /// from `base_features` when the transform needs one.
-pub fn new_head(dim: usize, capacity: usize, head: &HeadDefaults, base_features: &[f32]) -> Result<GaussianHead<OwnedStorage>> {
-    let config = HeadConfig { dim, capacity, weighting: head.weighting, settings: head.settings, transform: head.transform };
+pub fn new_head(
+    dim: usize,
+    capacity: usize,
+    head: &HeadDefaults,
+    base_features: &[f32],
+) -> Result<GaussianHead<OwnedStorage>> {
+    let config =
+        HeadConfig { dim, capacity, weighting: head.weighting, settings: head.settings, transform: head.transform };
     let mut h = GaussianHead::with_capacity(config)?;
     if head.transform.center_l2 {
         // The centre is the mean of the power-transformed base features.
@@ -127,7 +133,11 @@ pub fn new_head(dim: usize, capacity: usize, head: &HeadDefaults, base_features:
 }
 
 /// Learns one class from its features (all rows of `features`).
-pub fn learn_class(head: &mut GaussianHead<OwnedStorage>, name: gaussedge_shared::Label, features: &[f32]) -> Result<()> {
+pub fn learn_class(
+    head: &mut GaussianHead<OwnedStorage>,
+    name: gaussedge_shared::Label,
+    features: &[f32],
+) -> Result<()> {
     let d = head.dim();
     head.begin(name)?;
     for x in features.chunks_exact(d) {
@@ -139,7 +149,12 @@ pub fn learn_class(head: &mut GaussianHead<OwnedStorage>, name: gaussedge_shared
 
 /// Rows of `features` (`n * d`) whose label is `class`.
 pub fn rows_of(features: &[f32], labels: &[u16], d: usize, class: u16) -> Vec<f32> {
-    labels.iter().enumerate().filter(|(_, &l)| l == class).flat_map(|(i, _)| features[i * d..(i + 1) * d].iter().copied()).collect()
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l == class)
+        .flat_map(|(i, _)| features[i * d..(i + 1) * d].iter().copied())
+        .collect()
 }
 
 /// Reads a bundle's backbone with the manifest's preprocessing.
@@ -160,11 +175,13 @@ pub fn write_bundle(
     manifest: &gaussedge_device::bundle::Manifest,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let meta = gaussedge_shared::stats::StatsMeta { backbone_sha256: manifest.sha256_bytes().context("manifest hash")?, preprocess: manifest.preprocess };
+    let meta = gaussedge_shared::stats::StatsMeta {
+        backbone_sha256: manifest.sha256_bytes().context("manifest hash")?,
+        preprocess: manifest.preprocess,
+    };
     let stats_bytes = gaussedge_shared::stats::to_vec(head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::util::write_atomic(&dir.join(gaussedge_device::bundle::BACKBONE), onnx)?;
     crate::util::write_atomic(&dir.join(gaussedge_device::bundle::STATS), &stats_bytes)?;
     crate::util::write_atomic(&dir.join(gaussedge_device::bundle::MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
     Ok(())
 }
-

@@ -4,6 +4,12 @@
 
 pub mod arch;
 pub use gaussedge_data as data;
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod eval;
+pub mod fit;
+pub mod merge;
 #[cfg(feature = "train")]
 pub mod net;
 pub mod onnx;
@@ -11,12 +17,6 @@ pub mod onnx;
 pub mod parity;
 pub mod prep;
 pub mod rng;
-pub mod util;
-pub mod fit;
 #[cfg(feature = "train")]
 pub mod train;
-pub mod cli;
-pub mod client;
-pub mod eval;
-pub mod merge;
-pub mod demo;
+pub mod util;

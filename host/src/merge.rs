@@ -101,7 +101,10 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
             mean.iter_mut().zip(m).for_each(|(a, v)| *a += *c as f64 / n as f64 * v);
         }
         if parts.len() > 1 {
-            ensure!(first.weighting == Weighting::Count, "class {label:?} was learned on several devices; that merge needs count weighting");
+            ensure!(
+                first.weighting == Weighting::Count,
+                "class {label:?} was learned on several devices; that merge needs count weighting"
+            );
             for (c, m) in parts {
                 delta.iter_mut().zip(m.iter().zip(&mean)).for_each(|(dl, (a, b))| *dl = a - b);
                 syr(&mut pooled, *c as f64, &delta);
@@ -113,7 +116,12 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
         let l = gaussedge_shared::label(label).ok_or_else(|| anyhow::anyhow!("bad label {label:?}"))?;
         merged.push((l, n, mean));
     }
-    let header = StatsHeader { classes: merged.len() as u32, capacity: merged.len().max(1) as u32, scatter_norm: norm, ..*first };
+    let header = StatsHeader {
+        classes: merged.len() as u32,
+        capacity: merged.len().max(1) as u32,
+        scatter_norm: norm,
+        ..*first
+    };
     let refs: Vec<(Label, u64, &[f64])> = merged.iter().map(|(l, n, m)| (l.clone(), *n, m.as_slice())).collect();
     let center = first.transform.center_l2.then(|| parsed[0].head.center().to_vec());
     let bytes = stats::encode_parts(&header, &refs, center.as_deref(), &pooled);

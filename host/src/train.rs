@@ -160,7 +160,8 @@ fn augment(xs: &Tensor, recipe: &Recipe, rng: &mut Rng) -> Tensor {
     let n = xs.size()[0];
     let crops: Vec<Tensor> = (0..n)
         .map(|i| {
-            let (dy, dx) = if p > 0 { (rng.below(2 * p as u64 + 1) as i64, rng.below(2 * p as u64 + 1) as i64) } else { (0, 0) };
+            let (dy, dx) =
+                if p > 0 { (rng.below(2 * p as u64 + 1) as i64, rng.below(2 * p as u64 + 1) as i64) } else { (0, 0) };
             let c = padded.get(i).narrow(1, dy, size).narrow(2, dx, size);
             if recipe.flip && rng.below(2) == 1 {
                 c.flip([2])
@@ -279,7 +280,8 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
             lr = recipe.lr_at(epoch * steps_per_epoch + step, steps_per_epoch);
             opt.set_lr(lr);
             let logits = net.logits_t(&xs, true);
-            let loss = logits.cross_entropy_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100, recipe.label_smoothing);
+            let loss =
+                logits.cross_entropy_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100, recipe.label_smoothing);
             opt.backward_step(&loss);
             let l = loss.double_value(&[]);
             if !l.is_finite() {
@@ -322,7 +324,8 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
 
 /// Loads a finished (or partial) checkpoint without training.
 pub fn load_checkpoint(dir: &Path) -> Result<(TrainState, Arch, Weights)> {
-    let state: TrainState = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).context("reading state.json")?)?;
+    let state: TrainState =
+        serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).context("reading state.json")?)?;
     let weights = Weights::from_safetensors(&std::fs::read(dir.join(WEIGHTS_FILE))?)?;
     let arch = Arch::new(state.recipe.arch);
     weights.check(&arch)?;

@@ -39,13 +39,24 @@ pub struct Fixture {
 
 /// Class `c`'s image: its own colour and stripe period, plus noise.
 fn image(c: u16, rng: &mut Rng) -> Vec<u8> {
-    let palette = [(230, 40, 40), (40, 200, 60), (50, 60, 220), (220, 220, 40), (200, 60, 200), (40, 210, 210), (250, 140, 20), (120, 120, 120), (20, 20, 20), (250, 250, 250)];
+    let palette = [
+        (230, 40, 40),
+        (40, 200, 60),
+        (50, 60, 220),
+        (220, 220, 40),
+        (200, 60, 200),
+        (40, 210, 210),
+        (250, 140, 20),
+        (120, 120, 120),
+        (20, 20, 20),
+        (250, 250, 250),
+    ];
     let (r, g, b) = palette[c as usize % 10];
     let period = 2 + c as usize;
     let mut planes = vec![0u8; 3072];
     for y in 0..32 {
         for x in 0..32 {
-            let stripe = if (y / period) % 2 == 0 { 1.0 } else { 0.55 };
+            let stripe = if (y / period).is_multiple_of(2) { 1.0 } else { 0.55 };
             for (ch, base) in [r, g, b].into_iter().enumerate() {
                 let noise = rng.below(41) as f64 - 20.0;
                 planes[ch * 1024 + y * 32 + x] = (base as f64 * stripe + noise).clamp(0.0, 255.0) as u8;
@@ -88,15 +99,27 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
     let t = tch::Tensor::from_slice(&inputs).view([train.len() as i64, 3, SIZE as i64, SIZE as i64]);
     parity::calibrate_batch_norm(&net, &t, 20);
     let weights = parity::weights_of(&vs);
-    let onnx = onnx::export(&arch, &weights, &ExportOptions { height: SIZE as usize, width: SIZE as usize, logits: true, block_features: vec![] })?;
+    let onnx = onnx::export(
+        &arch,
+        &weights,
+        &ExportOptions { height: SIZE as usize, width: SIZE as usize, logits: true, block_features: vec![] },
+    )?;
     let extractor = Extractor::new(&onnx, pre, 16)?;
-    let head = HeadDefaults { weighting: Estimator::Pooled.weighting(), settings: Estimator::Pooled.settings(), transform: Transform::IDENTITY };
+    let head = HeadDefaults {
+        weighting: Estimator::Pooled.weighting(),
+        settings: Estimator::Pooled.settings(),
+        transform: Transform::IDENTITY,
+    };
     let features = extractor.extract(&base, &idx, &fit::bar(false, 0, ""))?;
     let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
     let d = extractor.dim();
     let mut h = fit::new_head(d, 16, &head, &features)?;
     for c in BASE {
-        fit::learn_class(&mut h, class_label(&train.class_names[c as usize], c), &fit::rows_of(&features, &labels, d, c))?;
+        fit::learn_class(
+            &mut h,
+            class_label(&train.class_names[c as usize], c),
+            &fit::rows_of(&features, &labels, d, c),
+        )?;
     }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -145,7 +168,8 @@ pub fn host_binary() -> PathBuf {
 /// fixture data.
 pub fn start(state: &Path, extra: &[&str]) -> Simulator {
     let f = fixture();
-    let mut args: Vec<String> = vec!["--camera".into(), format!("cifar10:{}", f.data.display()), "--max-frame".into(), "64x64".into()];
+    let mut args: Vec<String> =
+        vec!["--camera".into(), format!("cifar10:{}", f.data.display()), "--max-frame".into(), "64x64".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
     Simulator::start(&device_binary(), &f.bundle, state, &args).expect("simulator starts")
 }

@@ -9,7 +9,11 @@ use std::process::Command;
 
 fn gaussedge(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(host_binary()).args(args).output().expect("run gaussedge");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -81,7 +85,17 @@ fn merge_of_two_devices_equals_one_device_learning_both() {
         let sim = start(&state, &[]);
         ok(&["push", "--port", &sim.path, base.to_str().unwrap()]);
         for (class, label) in classes {
-            ok(&["learn", "--port", &sim.path, "--label", label, "--capture", "10", "--source-class", &class.to_string()]);
+            ok(&[
+                "learn",
+                "--port",
+                &sim.path,
+                "--label",
+                label,
+                "--capture",
+                "10",
+                "--source-class",
+                &class.to_string(),
+            ]);
         }
         let out = work.path().join(format!("{name}.stats"));
         ok(&["pull", "--port", &sim.path, "-o", out.to_str().unwrap()]);
@@ -91,7 +105,15 @@ fn merge_of_two_devices_equals_one_device_learning_both() {
     let b = learn("b", &[(8, "ship")]);
     let both = learn("both", &[(5, "dog"), (8, "ship")]);
     let merged = work.path().join("merged.stats");
-    ok(&["merge", a.to_str().unwrap(), b.to_str().unwrap(), "--base", base.to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    ok(&[
+        "merge",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--base",
+        base.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
     let load = |p: &Path| {
         let bytes = std::fs::read(p).unwrap();
         let h = stats::read_header(&bytes).unwrap();
@@ -107,7 +129,9 @@ fn merge_of_two_devices_equals_one_device_learning_both() {
         head
     };
     let (m, w) = (load(&merged), load(&both));
-    let labels = |h: &gaussedge_shared::GaussianHead<_>| h.classes().map(|(_, c)| (c.label.to_string(), c.count)).collect::<Vec<_>>();
+    let labels = |h: &gaussedge_shared::GaussianHead<_>| {
+        h.classes().map(|(_, c)| (c.label.to_string(), c.count)).collect::<Vec<_>>()
+    };
     assert_eq!(labels(&m), labels(&w));
     let diff = m.pooled().iter().zip(w.pooled()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     let scale = w.pooled().iter().fold(0.0f64, |a, v| a.max(v.abs()));
@@ -124,8 +148,21 @@ fn eval_in_process_and_through_a_device_agree() {
     let json = work.path().join("eval.json");
     let plot = work.path().join("eval.png");
     let out = ok(&[
-        "eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5",
-        "--json", json.to_str().unwrap(), "--plot", plot.to_str().unwrap(),
+        "eval",
+        "--bundle",
+        bundle,
+        "--dataset",
+        "cifar10",
+        "--data",
+        data,
+        "--base",
+        "0-2",
+        "--add",
+        "3,4,5",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     assert!(out.contains("final 10-class accuracy"), "{out}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -137,8 +174,21 @@ fn eval_in_process_and_through_a_device_agree() {
     let sim = start(&state, &[]);
     let json2 = work.path().join("eval-device.json");
     ok(&[
-        "eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5",
-        "--via", &sim.path, "--json", json2.to_str().unwrap(),
+        "eval",
+        "--bundle",
+        bundle,
+        "--dataset",
+        "cifar10",
+        "--data",
+        data,
+        "--base",
+        "0-2",
+        "--add",
+        "3,4,5",
+        "--via",
+        &sim.path,
+        "--json",
+        json2.to_str().unwrap(),
     ]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json2).unwrap()).unwrap();
     assert_eq!(report["via_device"], true);

@@ -3,7 +3,7 @@
 //! cuts, and a damaged link.
 
 use gaussedge_data::Split;
-use gaussedge_host::client::{Client, ClientError, FaultyLink, Faults};
+use gaussedge_host::client::{Client, ClientError, Faults, FaultyLink};
 use gaussedge_host::fit::Extractor;
 use gaussedge_shared::stats::{self, Expect};
 use gaussedge_shared::wire::{ErrorCode, FrameFormat, FrameUse, Request, Response, UploadTarget};
@@ -77,7 +77,9 @@ fn learn_predict_forget_and_find_it_all_after_a_restart() {
         let want = local.predict(&features[k * d..(k + 1) * d], None).unwrap();
         assert_eq!(p.label, local.slots()[want.class].label, "sample {k}");
         assert!((p.score - want.score).abs() <= 1e-6 * (1.0 + want.score.abs()));
-        right += usize::from(["airplane", "automobile", "bird", "cat", "deer"].get(s.label as usize) == Some(&p.label.as_str()));
+        right += usize::from(
+            ["airplane", "automobile", "bird", "cat", "deer"].get(s.label as usize) == Some(&p.label.as_str()),
+        );
     }
     assert!(right > 0);
 
@@ -131,7 +133,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(code(c.push_stats(&wide).unwrap_err()), ErrorCode::DimMismatch);
 
     // Uploads out of order, with a wrong hash, or without a beginning.
-    let chunk = |offset| Request::UploadChunk { offset, data: gaussedge_shared::wire::Chunk::from_slice(&[1, 2, 3]).unwrap() };
+    let chunk =
+        |offset| Request::UploadChunk { offset, data: gaussedge_shared::wire::Chunk::from_slice(&[1, 2, 3]).unwrap() };
     assert_eq!(code(c.call(&chunk(0)).unwrap_err()), ErrorCode::NoUpload);
     c.call(&Request::BeginUpload { target: UploadTarget::Stats, len: 6, sha256: [0; 32] }).unwrap();
     assert_eq!(code(c.call(&chunk(3)).unwrap_err()), ErrorCode::UploadOrder);
@@ -181,7 +184,12 @@ fn power_cuts_during_commits_leave_the_old_or_the_new_state() {
         let mut c = connect(&sim);
         let info = c.hello().unwrap();
         // What survived the last cut: the state before that commit or after.
-        assert!(info.classes == classes || info.classes == classes + 1, "round {round}: {} classes, expected {classes} or {}", info.classes, classes + 1);
+        assert!(
+            info.classes == classes || info.classes == classes + 1,
+            "round {round}: {} classes, expected {classes} or {}",
+            info.classes,
+            classes + 1
+        );
         if info.classes == classes + 1 {
             new_seen += 1;
         } else {
@@ -238,7 +246,14 @@ fn a_damaged_link_ends_bit_identical_to_a_clean_one() {
     let state = tempfile::tempdir().unwrap();
     let sim = start(state.path(), &[]);
     let port = gaussedge_host::client::open_port(&sim.path, 921_600).unwrap();
-    let faults = Faults { corrupt: 0.01, drop: 0.01, duplicate: 0.01, delay: 0.02, max_delay: Duration::from_millis(5), seed: 7 };
+    let faults = Faults {
+        corrupt: 0.01,
+        drop: 0.01,
+        duplicate: 0.01,
+        delay: 0.02,
+        max_delay: Duration::from_millis(5),
+        seed: 7,
+    };
     let link = FaultyLink::new(port, faults);
     let counts = link.counts.clone();
     let mut c = Client::new(Box::new(link));
@@ -261,7 +276,8 @@ fn a_new_bundle_is_flashed_atomically() {
     let mut c = connect(&sim);
     let old = c.hello().unwrap().backbone_sha256;
     let read = |b: &std::path::Path, n: &str| std::fs::read(b.join(n)).unwrap();
-    let (onnx, manifest, stats_b) = (read(&f.bundle_b, "backbone.onnx"), read(&f.bundle_b, "manifest.json"), read(&f.bundle_b, "head.stats"));
+    let (onnx, manifest, stats_b) =
+        (read(&f.bundle_b, "backbone.onnx"), read(&f.bundle_b, "manifest.json"), read(&f.bundle_b, "head.stats"));
 
     // A backbone whose statistics do not belong to it is refused before
     // anything changes.
@@ -269,7 +285,11 @@ fn a_new_bundle_is_flashed_atomically() {
     assert_eq!(code(c.flash(&onnx, &manifest, &stats_a).unwrap_err()), ErrorCode::BackboneMismatch);
     assert_eq!(c.hello().unwrap().backbone_sha256, old);
     // A backbone of another feature size cannot replace this head's.
-    let wide = (read(&f.bundle_wide, "backbone.onnx"), read(&f.bundle_wide, "manifest.json"), read(&f.bundle_wide, "head.stats"));
+    let wide = (
+        read(&f.bundle_wide, "backbone.onnx"),
+        read(&f.bundle_wide, "manifest.json"),
+        read(&f.bundle_wide, "head.stats"),
+    );
     assert_eq!(code(c.flash(&wide.0, &wide.1, &wide.2).unwrap_err()), ErrorCode::DimMismatch);
 
     c.flash(&onnx, &manifest, &stats_b).unwrap();
