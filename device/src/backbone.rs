@@ -1,7 +1,7 @@
 //! The feature extractor: a bundle's ONNX graph, optimised by tract for a
 //! fixed input shape, turning preprocessed images into feature vectors.
 
-use std::sync::Arc;
+use std::sync::Mutex;
 use tract_onnx::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,11 +16,11 @@ pub enum BackboneError {
     Run(String),
 }
 
-type Plan = Arc<TypedRunnableModel>;
-
 /// A loaded, optimised backbone for batches of exactly `batch` images.
 pub struct Backbone {
-    plan: Plan,
+    /// The plan's run state, kept between images so its buffers are reused
+    /// rather than allocated per run.
+    state: Mutex<TypedSimpleState>,
     batch: usize,
     input_shape: [usize; 4],
     dim: usize,
@@ -53,7 +53,8 @@ impl Backbone {
         }
         let dim = shape[1];
         let plan = model.into_runnable().map_err(load)?;
-        Ok(Backbone { plan, batch, input_shape, dim, outputs })
+        let state = Mutex::new(plan.spawn().map_err(load)?);
+        Ok(Backbone { state, batch, input_shape, dim, outputs })
     }
 
     pub fn dim(&self) -> usize {
@@ -75,7 +76,8 @@ impl Backbone {
         }
         let run = |e: TractError| BackboneError::Run(format!("{e:#}"));
         let tensor = Tensor::from_shape(&self.input_shape, input).map_err(run)?;
-        let result = self.plan.run(tvec!(tensor.into())).map_err(run)?;
+        let mut state = self.state.lock().map_err(|_| BackboneError::Run("backbone state poisoned".into()))?;
+        let result = state.run(tvec!(tensor.into())).map_err(run)?;
         result
             .iter()
             .take(self.outputs)

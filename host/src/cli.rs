@@ -33,6 +33,23 @@ enum Command {
     Parity(ParityArgs),
     /// Show a statistics file's header and classes.
     Stats { file: PathBuf },
+    /// Training and forward throughput of EfficientNet-b0 with tch (used by
+    /// bench/train-throughput.sh beside PyTorch eager). Prints JSON.
+    #[cfg(feature = "train")]
+    #[command(hide = true)]
+    BenchTrain {
+        #[arg(long, default_value_t = 64)]
+        size: i64,
+        #[arg(long, default_value_t = 64)]
+        batch: i64,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        /// Run on CUDA when present.
+        #[arg(long)]
+        cuda: bool,
+    },
     /// Exact merge of statistics learned on different devices.
     Merge(MergeArgs),
     /// The seed's protocol: base head, then classes added one at a time.
@@ -339,6 +356,8 @@ pub fn main() -> Result<()> {
         #[cfg(feature = "train")]
         Command::Parity(a) => parity(a),
         Command::Stats { file } => stats_info(&file),
+        #[cfg(feature = "train")]
+        Command::BenchTrain { size, batch, steps, threads, cuda } => bench_train(size, batch, steps, threads, cuda),
         Command::Merge(a) => merge(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Demo(a) => crate::demo::run(a.data.dataset, &a.data.dir()?, a.bundle, a.shots, &a.json, &a.plot),
@@ -834,5 +853,47 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         let series = vec![("gaussedge".to_string(), last.iter().map(|s| s.accuracy).collect())];
         eval::plot(p, &format!("{}: classes added one at a time", a.data.dataset.name()), &series)?;
     }
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+fn bench_train(size: i64, batch: i64, steps: usize, threads: i32, cuda: bool) -> Result<()> {
+    use crate::arch::{Arch, ArchConfig};
+    use crate::net::EfficientNet;
+    use std::time::Instant;
+    use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+    tch::set_num_threads(threads);
+    tch::manual_seed(0);
+    let arch = Arch::new(ArchConfig::b0(5));
+    let device = if cuda { Device::cuda_if_available() } else { Device::Cpu };
+    let vs = nn::VarStore::new(device);
+    let net = EfficientNet::new(&vs.root(), &arch);
+    let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
+    let xs = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
+    let ys = Tensor::randint(5, [batch], (Kind::Int64, device));
+    let step = |opt: &mut nn::Optimizer| {
+        let loss = net.logits_t(&xs, true).cross_entropy_for_logits(&ys);
+        opt.backward_step(&loss);
+    };
+    step(&mut opt);
+    let t = Instant::now();
+    for _ in 0..steps {
+        step(&mut opt);
+    }
+    let train = (steps as i64 * batch) as f64 / t.elapsed().as_secs_f64();
+    let fwd = || tch::no_grad(|| net.logits_t(&xs, false));
+    let _ = fwd();
+    let t = Instant::now();
+    for _ in 0..steps {
+        let _ = fwd();
+    }
+    let forward = (steps as i64 * batch) as f64 / t.elapsed().as_secs_f64();
+    if device.is_cuda() {
+        tch::Cuda::synchronize(0);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"impl": "tch", "device": format!("{device:?}"), "train_img_s": train, "forward_img_s": forward, "size": size, "batch": batch, "threads": threads})
+    );
     Ok(())
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Per-image device latency on a bundle: tract (gaussedge-device) against
+# onnxruntime (Python, one thread) on the same ONNX file and input,
+# interleaved in one run. Prints a markdown table.
+#   bench/device-latency.sh [BUNDLE] [--rounds 3] [--runs 200]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundle=$(realpath "${1:-models/fashion-mnist-b0-base5}")
+rounds=3 runs=200
+shift || true
+while [ $# -gt 0 ]; do
+  case "$1" in --rounds) rounds=$2 ;; --runs) runs=$2 ;; *) echo "unknown argument $1" >&2; exit 2 ;; esac
+  shift 2
+done
+eval "$(scripts/setup.sh)"
+py=$(bench/setup-python.sh)
+cargo bench --locked -p gaussedge-device --bench latency --no-run >&2
+input=$(mktemp --suffix .f32)
+out=$(mktemp)
+shape=$(python3 -c "import json;p=json.load(open('$bundle/manifest.json'))['preprocess'];print(f\"{p['channels']},{p['height']},{p['width']}\")")
+for r in $(seq "$rounds"); do
+  cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" >> "$out"
+  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" >> "$out"
+done
+"$py" - "$out" "$bundle" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+t = [r for r in rows if r["impl"] == "tract"]
+o = [r for r in rows if r["impl"] == "onnxruntime"]
+m = lambda rs, k: statistics.median(r[k] for r in rs)
+c, h, w = t[0]["input"]
+print(f"{sys.argv[2]}: input {c}x{h}x{w}, batch 1, one thread, median of {len(t)} interleaved rounds x {t[0]['runs']} images\n")
+print("| stage | gaussedge (tract) | onnxruntime | ratio tract / ort |")
+print("| --- | --- | --- | --- |")
+print(f"| preprocess (u8 frame -> f32) | {m(t,'preprocess_us'):.1f} µs | | |")
+print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(t,'backbone_us')/m(o,'backbone_us'):.2f} |")
+print(f"| head learn (K = 64) | {m(t,'head_learn_us'):.1f} µs | | |")
+print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | | |")
+print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {m(t,'load_ms')/m(o,'load_ms'):.2f} |")
+print(f"| peak RSS (process, head K = 64 included for tract) | {m(t,'peak_rss_mib'):.0f} MiB | {m(o,'peak_rss_mib'):.0f} MiB | {m(t,'peak_rss_mib')/m(o,'peak_rss_mib'):.2f} |")
+print(f"\nhead fixed footprint at K = 64: {t[0]['head_bytes']/2**20:.2f} MiB")
+PY

@@ -1,0 +1,105 @@
+//! `cargo bench -p gaussedge-device --bench latency -- --bundle DIR [--runs N]`
+//!
+//! Per-image latency of the device pipeline on a bundle, stage by stage:
+//! preprocessing a raw frame, the backbone (tract, batch 1, one thread),
+//! one head learn and one head predict (with novelty) at K = 64, plus the
+//! process's peak RSS. Prints one JSON line; bench/device-latency.sh runs it
+//! beside onnxruntime on the same ONNX and input.
+
+use gaussedge_device::backbone::Backbone;
+use gaussedge_device::bundle::Bundle;
+use gaussedge_shared::head::{GaussianHead, HeadConfig};
+use gaussedge_shared::preprocess::{frame_to_input, input_len};
+use gaussedge_shared::wire::FrameFormat;
+use gaussedge_shared::{label, Estimator, Transform};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn median_us(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2] * 1e6
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let Some(dir) = arg("--bundle") else {
+        eprintln!("usage: latency --bundle DIR [--runs N] [--input FILE.f32]");
+        return;
+    };
+    let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(200);
+    let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
+    let p = bundle.manifest.preprocess;
+    let t = Instant::now();
+    let backbone =
+        Backbone::load(&bundle.onnx, 1, p.channels as usize, p.height as usize, p.width as usize).expect("backbone");
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let d = backbone.dim();
+    let config = HeadConfig {
+        dim: d,
+        capacity: 64,
+        weighting: Estimator::Pooled.weighting(),
+        settings: Estimator::Pooled.settings(),
+        transform: Transform::IDENTITY,
+    };
+    let mut head = GaussianHead::with_capacity(config).expect("head");
+    let stats = bundle.stats.as_deref().expect("bundle has head.stats");
+    gaussedge_shared::stats::load(&mut head, stats, &Default::default()).expect("stats");
+
+    // A raw frame at the model's resolution, and a fixed input shared with
+    // the onnxruntime peer (written next to the bundle's name in /tmp).
+    let format = FrameFormat { width: p.width, height: p.height, channels: 3 };
+    let frame: Vec<u8> = (0..format.len()).map(|i| (i * 31 % 251) as u8).collect();
+    let mut input = vec![0f32; input_len(&p)];
+    frame_to_input(&frame, format, &p, &mut input).expect("preprocess");
+    if let Some(path) = arg("--input") {
+        let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).expect("write input");
+    }
+
+    let (mut pre, mut bb, mut learn, mut predict) = (vec![], vec![], vec![], vec![]);
+    backbone.features(&input).expect("warm-up");
+    head.begin(label("bench").unwrap()).unwrap();
+    for i in 0..runs {
+        let t = Instant::now();
+        frame_to_input(black_box(&frame), format, &p, &mut input).unwrap();
+        pre.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut features = backbone.features(black_box(&input)).unwrap();
+        bb.push(t.elapsed().as_secs_f64());
+        // Distinct samples: the same feature twice is a zero update.
+        for (j, f) in features.iter_mut().enumerate() {
+            *f += ((i + j) % 13) as f32 * 0.01;
+        }
+        let t = Instant::now();
+        black_box(head.learn(&features).unwrap());
+        learn.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        black_box(head.predict(&features, None).unwrap());
+        predict.push(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "tract",
+            "preprocess_us": median_us(pre),
+            "backbone_us": median_us(bb),
+            "head_learn_us": median_us(learn),
+            "head_predict_us": median_us(predict),
+            "load_ms": load_ms,
+            "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
+            "head_bytes": head.layout().bytes(),
+            "input": [p.channels, p.height, p.width],
+            "runs": runs,
+        })
+    );
+}
