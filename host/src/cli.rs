@@ -57,7 +57,13 @@ enum Command {
     /// The end-to-end demo: simulator on a PTY, classes learned on the device.
     Demo(DemoArgs),
     /// Describe a device.
-    Info(PortArgs),
+    Info {
+        #[command(flatten)]
+        port: PortArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send statistics to a device.
     Push {
         #[command(flatten)]
@@ -361,9 +367,45 @@ pub fn main() -> Result<()> {
         Command::Merge(a) => merge(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Demo(a) => crate::demo::run(a.data.dataset, &a.data.dir()?, a.bundle, a.shots, &a.json, &a.plot),
-        Command::Info(p) => {
-            let info = p.connect()?.hello()?;
-            println!("{info:#?}");
+        Command::Info { port, json } => {
+            let mut c = port.connect()?;
+            let info = c.hello()?;
+            let classes = c.classes()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"device": info, "classes": classes}))?);
+                return Ok(());
+            }
+            let learning =
+                info.learning.as_ref().map(|(l, n)| format!("{l} ({n} samples staged)")).unwrap_or_else(|| "-".into());
+            let slot = info
+                .slot
+                .map(|s| format!("{} (generation {})", ["A", "B"][s as usize & 1], info.generation))
+                .unwrap_or_else(|| "none yet".into());
+            let p = info.preprocess;
+            for (k, v) in [
+                ("firmware", format!("{} (protocol {})", info.firmware, info.protocol)),
+                ("backbone", hex(&info.backbone_sha256)),
+                ("input", format!("{}x{}x{}", p.width, p.height, p.channels)),
+                ("feature dim", info.dim.to_string()),
+                ("classes", format!("{} of capacity {}", info.classes, info.capacity)),
+                ("learning", learning),
+                ("head settings", format!("{:?}", info.settings)),
+                ("novelty threshold", info.novelty_threshold.to_string()),
+                ("saved in slot", slot),
+                ("requests", format!("{} applied, {} answered from cache", info.applied, info.replayed)),
+            ] {
+                println!("{k:>18}: {v}");
+            }
+            for c in classes {
+                println!(
+                    "{:>18}  {:>3} {:<32} {:>7} samples, {} stored",
+                    "",
+                    c.slot,
+                    c.label.as_str(),
+                    c.count,
+                    c.stored
+                );
+            }
             Ok(())
         }
         Command::Push { port, file } => {

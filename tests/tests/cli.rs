@@ -39,7 +39,10 @@ fn device_commands_end_to_end() {
     let port = sim.path.as_str();
 
     let info = ok(&["info", "--port", port]);
-    assert!(info.contains("capacity: 64"), "{info}");
+    assert!(info.contains("3 of capacity 64"), "{info}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--port", port, "--json"])).unwrap();
+    assert_eq!(info["device"]["capacity"], 64);
+    assert_eq!(info["classes"].as_array().unwrap().len(), 3);
 
     let frogs = work.path().join("frogs");
     write_images(&frogs, 6, 12);
