@@ -154,14 +154,22 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
-/// The programs this package builds (Cargo builds a package's binaries
-/// before its integration tests run; they sit one folder above the tests).
+/// A program this package builds: `gaussedge-device` or `gaussedge` under
+/// its test name, one folder above the test executables.
+fn program(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let deps = exe.parent().expect("deps folder");
+    let path = deps.parent().expect("target folder").join(name);
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
 pub fn device_binary() -> PathBuf {
-    gaussedge_host::demo::device_binary().expect("gaussedge-device is built with the tests")
+    program("e2e-device")
 }
 
 pub fn host_binary() -> PathBuf {
-    device_binary().with_file_name("gaussedge")
+    program("e2e-gaussedge")
 }
 
 /// Starts the simulator on the fixture bundle with its camera on the
