@@ -143,9 +143,8 @@ pub fn save<S: Storage, P: Platform>(
         None => 0,
     };
     let generation = current.map_or(1, |c| c.generation + 1);
-    let storage = |e: Fault| e;
     // 1. Invalidate the target slot.
-    platform.slot_write(slot, 0, &[0u8; HEADER]).map_err(storage)?;
+    platform.slot_write(slot, 0, &[0u8; HEADER])?;
     platform.slot_sync(slot, HEADER as u64)?;
     // 2. The payload, with its CRC computed on the way.
     let mut digest = CRC.digest();
