@@ -264,6 +264,10 @@ struct TrainArgs {
     /// Disable random crop and flip.
     #[arg(long)]
     no_augment: bool,
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: crate::train::OptimizerKind,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: crate::train::Schedule,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Use the tiny test variant of the network.
@@ -510,6 +514,8 @@ fn train(a: TrainArgs) -> Result<()> {
     recipe.weight_decay = a.weight_decay;
     recipe.label_smoothing = a.label_smoothing;
     recipe.seed = a.seed;
+    recipe.optimizer = a.optimizer;
+    recipe.schedule = a.schedule;
     if a.no_augment {
         recipe.crop_pad = 0;
         recipe.flip = false;

@@ -37,6 +37,28 @@ pub struct Recipe {
     /// Fraction of the training images held out for per-epoch validation.
     pub val_fraction: f64,
     pub arch: ArchConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+/// The optimiser: the seed's plain Adam, or AdamW with decoupled decay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    Adam,
+    #[default]
+    Adamw,
+}
+
+/// Learning-rate schedule: the seed's constant rate, or warm-up then cosine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    #[default]
+    Cosine,
 }
 
 impl Recipe {
@@ -55,11 +77,16 @@ impl Recipe {
             seed: 0,
             val_fraction: 0.05,
             arch: ArchConfig::b0(classes),
+            optimizer: OptimizerKind::Adamw,
+            schedule: Schedule::Cosine,
         }
     }
 
     /// Learning rate at `step` of `total` (linear warm-up, then cosine to 0).
     pub fn lr_at(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        if self.schedule == Schedule::Constant {
+            return self.lr;
+        }
         let total = (self.epochs * steps_per_epoch).max(1) as f64;
         let warm = self.warmup_epochs * steps_per_epoch as f64;
         let s = step as f64;
@@ -251,8 +278,16 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         vs.load(&weights_path).with_context(|| format!("loading {}", weights_path.display()))?;
         eprintln!("resuming after epoch {} from {}", state.epochs_done, weights_path.display());
     }
-    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: recipe.weight_decay, eps: 1e-8, amsgrad: false }
-        .build(&vs, recipe.lr)?;
+    let mut opt = match recipe.optimizer {
+        OptimizerKind::Adamw => {
+            nn::AdamW { beta1: 0.9, beta2: 0.999, wd: recipe.weight_decay, eps: 1e-8, amsgrad: false }
+                .build(&vs, recipe.lr)?
+        }
+        OptimizerKind::Adam => {
+            nn::Adam { beta1: 0.9, beta2: 0.999, wd: recipe.weight_decay, eps: 1e-8, amsgrad: false }
+                .build(&vs, recipe.lr)?
+        }
+    };
 
     let n = train_idx.len();
     let steps_per_epoch = n / recipe.batch.max(1);
