@@ -255,7 +255,14 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 Ok(())
             }
             Err(f) => {
-                let _ = persist::load_newest(&mut self.platform, &mut self.head, self.backbone.sha256);
+                // Back to the last durable state: the newest slot, or the
+                // bundle's base statistics when nothing was saved yet.
+                let sha = self.backbone.sha256;
+                if !matches!(persist::load_newest(&mut self.platform, &mut self.head, sha), Ok(Some(_))) {
+                    if let Ok(base) = self.platform.base_stats() {
+                        let _ = stats::load(&mut self.head, base, &stats::Expect { backbone_sha256: Some(sha) });
+                    }
+                }
                 Err(f)
             }
         }

@@ -157,14 +157,9 @@ impl Setup {
         if let Some(bytes) = &self.bundle.stats {
             let header = stats::read_header(bytes)?;
             if header.weighting == head.weighting && header.transform == head.transform {
-                let mut h = fit::new_head(d, capacity, head, &[]).or_else(|_| {
-                    fit::new_head(
-                        d,
-                        capacity,
-                        &HeadDefaults { transform: gaussedge_shared::Transform::IDENTITY, ..*head },
-                        &[],
-                    )
-                })?;
+                // Loading sets the transform and its centre from the file.
+                let plain = HeadDefaults { transform: gaussedge_shared::Transform::IDENTITY, ..*head };
+                let mut h = fit::new_head(d, capacity, &plain, &[])?;
                 stats::load(&mut h, bytes, &stats::Expect { backbone_sha256: Some(self.extractor.sha256) })?;
                 h.set_settings(head.settings)?;
                 let classes: Vec<u16> =
