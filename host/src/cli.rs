@@ -469,13 +469,9 @@ fn fit_base(
     let features = extractor.extract(&base, &idx, &bar)?;
     bar.finish_and_clear();
     let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
-    let d = extractor.dim();
-    let mut h = fit::new_head(d, capacity, head, &features)?;
-    for &c in classes {
-        let rows = fit::rows_of(&features, &labels, d, c);
-        fit::learn_class(&mut h, class_label(&train.class_names[c as usize], c), &rows)?;
-    }
-    Ok(h)
+    fit::fit_head(extractor.dim(), capacity, head, &features, &labels, classes, |c| {
+        class_label(&train.class_names[c as usize], c)
+    })
 }
 
 /// Gaussian-head accuracy over the test split (all classes).

@@ -170,14 +170,8 @@ impl Setup {
             }
         }
         let features = self.train_features(progress)?;
-        let d = self.extractor.dim();
         let labels: Vec<u16> = self.train.samples.iter().map(|s| s.label).collect();
-        let base_rows: Vec<f32> = base.iter().flat_map(|&c| fit::rows_of(&features, &labels, d, c)).collect();
-        let mut h = fit::new_head(d, capacity, head, &base_rows)?;
-        for &c in base {
-            fit::learn_class(&mut h, self.labels.label(c), &fit::rows_of(&features, &labels, d, c))?;
-        }
-        Ok(h)
+        fit::fit_head(d, capacity, head, &features, &labels, base, |c| self.labels.label(c))
     }
 }
 

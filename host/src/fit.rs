@@ -147,6 +147,26 @@ pub fn learn_class(
     Ok(())
 }
 
+/// A head fitted on `classes`: rows of `features` (`n * d`) labelled by
+/// `labels`; the `center_l2` centre, if any, is the mean over those classes.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_head(
+    d: usize,
+    capacity: usize,
+    head: &HeadDefaults,
+    features: &[f32],
+    labels: &[u16],
+    classes: &[u16],
+    label_of: impl Fn(u16) -> gaussedge_shared::Label,
+) -> Result<GaussianHead<OwnedStorage>> {
+    let base_rows: Vec<f32> = classes.iter().flat_map(|&c| rows_of(features, labels, d, c)).collect();
+    let mut h = new_head(d, capacity, head, &base_rows)?;
+    for &c in classes {
+        learn_class(&mut h, label_of(c), &rows_of(features, labels, d, c))?;
+    }
+    Ok(h)
+}
+
 /// Rows of `features` (`n * d`) whose label is `class`.
 pub fn rows_of(features: &[f32], labels: &[u16], d: usize, class: u16) -> Vec<f32> {
     labels

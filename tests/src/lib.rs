@@ -113,14 +113,7 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
     let features = extractor.extract(&base, &idx, &fit::bar(false, 0, ""))?;
     let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
     let d = extractor.dim();
-    let mut h = fit::new_head(d, 16, &head, &features)?;
-    for c in BASE {
-        fit::learn_class(
-            &mut h,
-            class_label(&train.class_names[c as usize], c),
-            &fit::rows_of(&features, &labels, d, c),
-        )?;
-    }
+    let h = fit::fit_head(d, 16, &head, &features, &labels, &BASE, |c| class_label(&train.class_names[c as usize], c))?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         dataset: "cifar10".into(),
