@@ -131,7 +131,6 @@ pub struct DeviceRun {
     pub device_accuracy: Option<f64>,
     /// Fraction of test frames where the device and the host agree.
     pub agreement: Option<f64>,
-    pub final_stats: Vec<u8>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -186,7 +185,6 @@ pub fn run_device(
         print_stage(stages.last().expect("stage"), &setup.labels, i + 1);
         pulled = now;
     }
-    let final_stats = client.pull_stats()?;
     let (mut device_accuracy, mut agreement) = (None, None);
     if predict_on_device {
         let bar = fit::bar(true, setup.test.len() as u64, "device predictions");
@@ -204,7 +202,7 @@ pub fn run_device(
         device_accuracy = Some(right as f64 / setup.test.len() as f64);
         agreement = Some(same as f64 / setup.test.len() as f64);
     }
-    Ok(DeviceRun { stages, novelty, device_accuracy, agreement, final_stats })
+    Ok(DeviceRun { stages, novelty, device_accuracy, agreement })
 }
 
 fn print_stage(s: &Stage, labels: &Labels, i: usize) {

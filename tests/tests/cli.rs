@@ -150,23 +150,8 @@ fn eval_in_process_and_through_a_device_agree() {
     let bundle = f.bundle.to_str().unwrap();
     let json = work.path().join("eval.json");
     let plot = work.path().join("eval.png");
-    let out = ok(&[
-        "eval",
-        "--bundle",
-        bundle,
-        "--dataset",
-        "cifar10",
-        "--data",
-        data,
-        "--base",
-        "0-2",
-        "--add",
-        "3,4,5",
-        "--json",
-        json.to_str().unwrap(),
-        "--plot",
-        plot.to_str().unwrap(),
-    ]);
+    let eval = ["eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5"];
+    let out = ok(&[&eval[..], &["--json", json.to_str().unwrap(), "--plot", plot.to_str().unwrap()]].concat());
     assert!(out.contains("final 10-class accuracy"), "{out}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["stages"].as_array().unwrap().len(), 4);
@@ -176,23 +161,7 @@ fn eval_in_process_and_through_a_device_agree() {
     let state = work.path().join("state");
     let sim = start(&state, &[]);
     let json2 = work.path().join("eval-device.json");
-    ok(&[
-        "eval",
-        "--bundle",
-        bundle,
-        "--dataset",
-        "cifar10",
-        "--data",
-        data,
-        "--base",
-        "0-2",
-        "--add",
-        "3,4,5",
-        "--via",
-        &sim.path,
-        "--json",
-        json2.to_str().unwrap(),
-    ]);
+    ok(&[&eval[..], &["--via", &sim.path, "--json", json2.to_str().unwrap()]].concat());
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json2).unwrap()).unwrap();
     assert_eq!(report["via_device"], true);
     let via = report["final_accuracy"].as_f64().unwrap();
