@@ -40,8 +40,15 @@ fn main() {
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
     let t = Instant::now();
-    let backbone =
-        Backbone::load(&bundle.onnx, 1, p.channels as usize, p.height as usize, p.width as usize).expect("backbone");
+    let backbone = Backbone::load(
+        &bundle.onnx,
+        1,
+        p.channels as usize,
+        p.height as usize,
+        p.width as usize,
+        &bundle.manifest.layers,
+    )
+    .expect("backbone");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let d = backbone.dim();
     let config = HeadConfig {

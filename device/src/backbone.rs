@@ -1,5 +1,11 @@
 //! The feature extractor: a bundle's ONNX graph, optimised by tract for a
 //! fixed input shape, turning preprocessed images into feature vectors.
+//!
+//! The feature vector is the concatenation of named graph outputs (the
+//! manifest's `layers`): the pooled last layer alone, or several blocks'
+//! pooled outputs for Lee et al.'s feature ensemble. Outputs the manifest
+//! does not name are dropped before optimisation, so tract prunes whatever
+//! only they needed (the FC head, a last convolution nobody reads).
 
 use std::sync::Mutex;
 use tract_onnx::prelude::*;
@@ -8,8 +14,12 @@ use tract_onnx::prelude::*;
 pub enum BackboneError {
     #[error("cannot load the backbone ONNX: {0}")]
     Load(String),
-    #[error("backbone output `features` has shape {0:?}, expected [batch, D]")]
-    OutputShape(Vec<usize>),
+    #[error("backbone output `{name}` has shape {shape:?}, expected [batch, D]")]
+    OutputShape { name: String, shape: Vec<usize> },
+    #[error("the backbone has no output `{0}` (the manifest's layers name outputs of backbone.onnx)")]
+    MissingOutput(String),
+    #[error("no feature layers named")]
+    NoLayers,
     #[error("input holds {got} values, a batch of {batch} needs {expected}")]
     InputLength { batch: usize, expected: usize, got: usize },
     #[error("running the backbone: {0}")]
@@ -23,42 +33,67 @@ pub struct Backbone {
     state: Mutex<TypedSimpleState>,
     batch: usize,
     input_shape: [usize; 4],
-    dim: usize,
-    outputs: usize,
+    /// Width of each named output; the feature vector is their concatenation.
+    dims: Vec<usize>,
 }
 
 impl Backbone {
-    /// Loads `onnx` for input `[batch, channels, height, width]`.
-    pub fn load(
+    /// Loads `onnx` for input `[batch, channels, height, width]`; the
+    /// features are the outputs named in `layers`, in that order, each
+    /// `[batch, D_i]`.
+    pub fn load<S: AsRef<str>>(
         onnx: &[u8],
         batch: usize,
         channels: usize,
         height: usize,
         width: usize,
+        layers: &[S],
     ) -> Result<Self, BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
+        if layers.is_empty() {
+            return Err(BackboneError::NoLayers);
+        }
         let input_shape = [batch, channels, height, width];
-        let model = tract_onnx::onnx()
+        let mut model = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
             .map_err(load)?
             .with_input_fact(0, f32::fact(input_shape).into())
-            .map_err(load)?
-            .into_optimized()
             .map_err(load)?;
-        let outputs = model.outputs.len();
-        let fact = model.output_fact(0).map_err(load)?;
-        let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
-        if shape.len() != 2 || shape[0] != batch || shape[1] == 0 {
-            return Err(BackboneError::OutputShape(shape));
+        let mut outlets = vec![];
+        for name in layers {
+            let name = name.as_ref();
+            let outlet = model
+                .outlet_labels
+                .iter()
+                .find(|(_, label)| label.as_str() == name)
+                .map(|(o, _)| *o)
+                .ok_or_else(|| BackboneError::MissingOutput(name.to_string()))?;
+            outlets.push(outlet);
         }
-        let dim = shape[1];
+        model.select_output_outlets(&outlets).map_err(load)?;
+        let model = model.into_optimized().map_err(load)?;
+        let mut dims = vec![];
+        for (i, name) in layers.iter().enumerate() {
+            let fact = model.output_fact(i).map_err(load)?;
+            let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
+            if shape.len() != 2 || shape[0] != batch || shape[1] == 0 {
+                return Err(BackboneError::OutputShape { name: name.as_ref().to_string(), shape });
+            }
+            dims.push(shape[1]);
+        }
         let plan = model.into_runnable().map_err(load)?;
         let state = Mutex::new(plan.spawn().map_err(load)?);
-        Ok(Backbone { state, batch, input_shape, dim, outputs })
+        Ok(Backbone { state, batch, input_shape, dims })
     }
 
+    /// Feature dimension: the sum of the layers' widths.
     pub fn dim(&self) -> usize {
-        self.dim
+        self.dims.iter().sum()
+    }
+
+    /// Width of each layer, in the order they were named.
+    pub fn layer_dims(&self) -> &[usize] {
+        &self.dims
     }
     pub fn batch(&self) -> usize {
         self.batch
@@ -67,8 +102,7 @@ impl Backbone {
         self.input_shape[1] * self.input_shape[2] * self.input_shape[3]
     }
 
-    /// Runs one batch; returns every output of the graph flattened (the
-    /// first is `features`, `[batch, D]`).
+    /// Runs one batch; returns each named output flattened, `[batch, D_i]`.
     pub fn run_all(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, BackboneError> {
         let expected = self.batch * self.input_len();
         if input.len() != expected {
@@ -80,13 +114,24 @@ impl Backbone {
         let result = state.run(tvec!(tensor.into())).map_err(run)?;
         result
             .iter()
-            .take(self.outputs)
+            .take(self.dims.len())
             .map(|t| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec())).map_err(run))
             .collect()
     }
 
-    /// Features of one batch, `batch * D` values.
+    /// Features of one batch, `batch * D` values: per image, the layers'
+    /// outputs one after another.
     pub fn features(&self, input: &[f32]) -> Result<Vec<f32>, BackboneError> {
-        Ok(self.run_all(input)?.swap_remove(0))
+        let mut outputs = self.run_all(input)?;
+        if outputs.len() == 1 {
+            return Ok(outputs.swap_remove(0));
+        }
+        let mut out = Vec::with_capacity(self.batch * self.dim());
+        for row in 0..self.batch {
+            for (values, &d) in outputs.iter().zip(&self.dims) {
+                out.extend_from_slice(&values[row * d..(row + 1) * d]);
+            }
+        }
+        Ok(out)
     }
 }

@@ -31,6 +31,11 @@ pub struct Manifest {
     pub base_classes: Vec<u16>,
     pub preprocess: Preprocess,
     pub feature_dim: usize,
+    /// Outputs of `backbone.onnx` whose concatenation is the feature vector
+    /// (`feature_dim` wide in all). A backbone may export more outputs than
+    /// a manifest uses, so one ONNX serves several head designs.
+    #[serde(default = "default_layers")]
+    pub layers: Vec<String>,
     /// Hex SHA-256 of `backbone.onnx`.
     pub backbone_sha256: String,
     pub head: HeadDefaults,
@@ -39,6 +44,13 @@ pub struct Manifest {
 }
 
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The output every exported backbone has: the pooled last layer.
+pub const DEFAULT_LAYER: &str = "features";
+
+pub fn default_layers() -> Vec<String> {
+    vec![DEFAULT_LAYER.to_string()]
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

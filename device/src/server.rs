@@ -242,7 +242,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
     }
 
     fn meta(&self) -> StatsMeta {
-        StatsMeta { backbone_sha256: self.backbone.sha256, preprocess: self.backbone.preprocess }
+        StatsMeta { backbone_sha256: self.backbone.sha256, preprocess: self.backbone.preprocess, ..Default::default() }
     }
 
     /// Makes the head's state durable. On failure the head is reloaded from

@@ -129,7 +129,8 @@ impl From<BundleFile> for BundleFileKey {
 fn load_active(dir: &Path) -> anyhow::Result<Active> {
     let b = bundle::Bundle::read(dir)?;
     let p = b.manifest.preprocess;
-    let backbone = Backbone::load(&b.onnx, 1, p.channels as usize, p.height as usize, p.width as usize)?;
+    let backbone =
+        Backbone::load(&b.onnx, 1, p.channels as usize, p.height as usize, p.width as usize, &b.manifest.layers)?;
     if backbone.dim() != b.manifest.feature_dim {
         anyhow::bail!(
             "{}: backbone gives {} features, the manifest says {}",

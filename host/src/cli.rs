@@ -189,9 +189,8 @@ struct EvalArgs {
     /// Random draws of the shots to average over.
     #[arg(long, default_value_t = 1)]
     draws: usize,
-    /// Estimator preset (default: the bundle's head settings).
-    #[arg(long, value_enum)]
-    estimator: Option<EstimatorArg>,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Evaluate through a device instead of in process.
     #[arg(long)]
     via: Option<String>,
@@ -303,6 +302,10 @@ struct ExportArgs {
     /// Include the base-class FC head as a second output, `logits`.
     #[arg(long)]
     logits: bool,
+    /// Also output the pooled outputs of these MBConv blocks (0-15) as
+    /// `features_<i>`, for a feature ensemble; e.g. `--blocks 14,15`.
+    #[arg(long, value_delimiter = ',')]
+    blocks: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -315,9 +318,9 @@ struct FitArgs {
     /// Classes to fit (default: the manifest's base classes).
     #[arg(long)]
     classes: Option<String>,
-    /// Estimator preset (default: the manifest's head settings).
-    #[arg(long, value_enum)]
-    estimator: Option<EstimatorArg>,
+    /// Head design to record in the manifest (default: keep the manifest's).
+    #[command(flatten)]
+    head: HeadArgs,
     /// Head capacity to record.
     #[arg(long, default_value_t = 64)]
     capacity: usize,
@@ -340,6 +343,86 @@ struct ParityArgs {
 pub enum EstimatorArg {
     Seed,
     Pooled,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PriorArg {
+    Uniform,
+    LogCount,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum TransformArg {
+    None,
+    /// Subtract the base classes' mean, scale to unit L2 norm.
+    Cl2n,
+    /// Tukey's power 0.5 after a shift of 0.3 (SiLU outputs reach -0.28).
+    Tukey,
+    /// Tukey, then cl2n.
+    TukeyCl2n,
+}
+
+/// The head's design, each part overriding the bundle's manifest (or the
+/// preset named by `--estimator`): the levers measured in bench/accuracy.md.
+#[derive(Args, Clone, Default)]
+pub struct HeadArgs {
+    /// Estimator preset to start from (default: the bundle's head settings).
+    #[arg(long, value_enum)]
+    estimator: Option<EstimatorArg>,
+    /// Shrink the covariance toward its mean variance by this fraction.
+    #[arg(long, conflicts_with_all = ["ridge", "oas"])]
+    shrinkage: Option<f64>,
+    /// Add this to the covariance's diagonal instead.
+    #[arg(long, conflicts_with = "oas")]
+    ridge: Option<f64>,
+    /// Oracle Approximating Shrinkage (the fraction from the data).
+    #[arg(long)]
+    oas: bool,
+    #[arg(long, value_enum)]
+    prior: Option<PriorArg>,
+    #[arg(long, value_enum)]
+    transform: Option<TransformArg>,
+    /// Backbone outputs whose concatenation is the feature vector, e.g.
+    /// `features` (the last layer) or `blocks` (every block's pooled output).
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<String>>,
+}
+
+impl HeadArgs {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: HeadDefaults) -> HeadDefaults {
+        use gaussedge_shared::{Power, Prior, Regularizer};
+        let mut h = self.estimator.map(|e| defaults_for(e.into())).unwrap_or(base);
+        if let Some(a) = self.shrinkage {
+            h.settings.regularizer = Regularizer::Shrinkage(a);
+        }
+        if let Some(l) = self.ridge {
+            h.settings.regularizer = Regularizer::Ridge(l);
+        }
+        if self.oas {
+            h.settings.regularizer = Regularizer::Oas;
+        }
+        if let Some(p) = self.prior {
+            h.settings.prior = match p {
+                PriorArg::Uniform => Prior::Uniform,
+                PriorArg::LogCount => Prior::LogCount,
+            };
+        }
+        if let Some(t) = self.transform {
+            let tukey = Some(Power { shift: 0.3, exponent: 0.5 });
+            h.transform = match t {
+                TransformArg::None => Transform::IDENTITY,
+                TransformArg::Cl2n => Transform { power: None, center_l2: true },
+                TransformArg::Tukey => Transform { power: tukey, center_l2: false },
+                TransformArg::TukeyCl2n => Transform { power: tukey, center_l2: true },
+            };
+        }
+        h
+    }
+
+    pub fn layers(&self) -> Option<&[String]> {
+        self.layers.as_deref()
+    }
 }
 
 impl From<EstimatorArg> for Estimator {
@@ -557,10 +640,16 @@ fn train(a: TrainArgs) -> Result<()> {
     let onnx = onnx::export(
         &trained.arch,
         &trained.weights,
-        &ExportOptions { height: a.size as usize, width: a.size as usize, logits: true, block_features: vec![] },
+        &ExportOptions {
+            height: a.size as usize,
+            width: a.size as usize,
+            logits: true,
+            block_features: (0..trained.arch.blocks.len()).collect(),
+        },
     )?;
-    let extractor = Extractor::new(&onnx, pre, 32)?;
-    let head_defaults = defaults_for(Estimator::Pooled);
+    let layers = fit::block_layers(trained.arch.blocks.len());
+    let extractor = Extractor::new(&onnx, pre, &layers, 32)?;
+    let head_defaults = fit::recommended_head();
     let mut head = fit_base(&extractor, a.data.dataset, &dir, &classes, &head_defaults, 64, a.limit_per_class)?;
     let names = test.class_names.clone();
     let lookup = |l: &str| {
@@ -583,6 +672,7 @@ fn train(a: TrainArgs) -> Result<()> {
         base_classes: classes.clone(),
         preprocess: pre,
         feature_dim: extractor.dim(),
+        layers,
         backbone_sha256: hex(&extractor.sha256),
         head: head_defaults,
         extra: serde_json::json!({
@@ -645,7 +735,7 @@ fn export(a: ExportArgs) -> Result<()> {
     let bytes = onnx::export(
         &arch,
         &weights,
-        &ExportOptions { height: size, width: size, logits: a.logits, block_features: vec![] },
+        &ExportOptions { height: size, width: size, logits: a.logits, block_features: a.blocks.clone() },
     )?;
     write_atomic(&a.out, &bytes)?;
     println!("{} ({} bytes, SHA-256 {})", a.out.display(), bytes.len(), hex(&bundle::sha256(&bytes)));
@@ -653,8 +743,10 @@ fn export(a: ExportArgs) -> Result<()> {
 }
 
 fn fit_cmd(a: FitArgs) -> Result<()> {
-    let (b, extractor) = fit::extractor_for(&a.bundle, 32)?;
+    let (b, extractor) = fit::extractor_with(&a.bundle, a.head.layers(), 32)?;
     let mut manifest = b.manifest.clone();
+    manifest.layers = extractor.layers.clone();
+    manifest.feature_dim = extractor.dim();
     let kind: DatasetKind = serde_json::from_value(serde_json::Value::String(manifest.dataset.clone()))
         .with_context(|| format!("unknown dataset {:?} in the manifest", manifest.dataset))?;
     let dir = a.data.clone().or_else(|| kind.default_dir()).context("--data DIR is required")?;
@@ -662,9 +754,7 @@ fn fit_cmd(a: FitArgs) -> Result<()> {
         Some(c) => parse_classes(c).map_err(anyhow::Error::msg)?,
         None => manifest.base_classes.clone(),
     };
-    if let Some(e) = a.estimator {
-        manifest.head = defaults_for(e.into());
-    }
+    manifest.head = a.head.apply(manifest.head);
     let head = fit_base(&extractor, kind, &dir, &classes, &manifest.head, a.capacity, None)?;
     manifest.base_classes = classes;
     write_bundle(&a.bundle, &b.onnx, &head, &manifest)?;
@@ -812,7 +902,8 @@ fn merge(a: MergeArgs) -> Result<()> {
     let files: Vec<Vec<u8>> = a.files.iter().map(|p| read(p)).collect::<Result<_>>()?;
     let base = a.base.as_deref().map(read).transpose()?;
     let merged = crate::merge::merge(&files, base.as_deref())?;
-    let meta = StatsMeta { backbone_sha256: header.backbone_sha256, preprocess: header.preprocess };
+    let meta =
+        StatsMeta { backbone_sha256: header.backbone_sha256, preprocess: header.preprocess, ..Default::default() };
     let bytes = stats::to_vec(&merged, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
     write_atomic(&a.out, &bytes)?;
     for (_, c) in merged.classes() {
@@ -827,11 +918,12 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dir = a.data.dir()?;
     let base = parse_classes(&a.base).map_err(anyhow::Error::msg)?;
     let add = parse_classes(&a.add).map_err(anyhow::Error::msg)?;
-    let setup = Setup::load(&a.bundle, a.data.dataset, &dir, true)?;
-    let head = match a.estimator {
-        Some(e) => defaults_for(e.into()),
-        None => setup.bundle.manifest.head,
-    };
+    let setup = Setup::load(&a.bundle, a.head.layers(), a.data.dataset, &dir, true)?;
+    let head = a.head.apply(setup.bundle.manifest.head);
+    anyhow::ensure!(
+        a.via.is_none() || setup.extractor.layers == setup.bundle.manifest.layers,
+        "--layers cannot change through a device: it runs the bundle's own layers"
+    );
     let (stages, novelty, device) = match &a.via {
         Some(port) => {
             let mut c = PortArgs { port: port.clone(), baud: 921_600, timeout: 10.0 }.connect()?;
@@ -878,6 +970,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         "shots": a.shots,
         "draws": finals.len(),
         "head": head,
+        "layers": setup.extractor.layers,
         "via_device": device,
         "stages": last,
         "final_accuracy": final_accuracy,

@@ -147,7 +147,8 @@ pub fn run_device(
 ) -> Result<DeviceRun> {
     let capacity = base.len() + add.len();
     let base_head = setup.base_head(head, base, capacity, true)?;
-    let meta = StatsMeta { backbone_sha256: setup.extractor.sha256, preprocess: setup.extractor.pre };
+    let meta =
+        StatsMeta { backbone_sha256: setup.extractor.sha256, preprocess: setup.extractor.pre, ..Default::default() };
     let bytes = stats::to_vec(&base_head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
     client.push_stats(&bytes).context("pushing the base statistics")?;
     let truth = setup.truth();
@@ -226,7 +227,7 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
             bundle.display()
         );
     }
-    let setup = Setup::load(&bundle, kind, dir, true)?;
+    let setup = Setup::load(&bundle, None, kind, dir, true)?;
     let base: Vec<u16> = setup.bundle.manifest.base_classes.clone();
     let add: Vec<u16> = (0..setup.labels.0.len() as u16).filter(|c| !base.contains(c)).collect();
     let head = setup.bundle.manifest.head;

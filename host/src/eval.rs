@@ -126,8 +126,15 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn load(bundle: &Path, kind: DatasetKind, dir: &Path, progress: bool) -> Result<Self> {
-        let (bundle, extractor) = fit::extractor_for(bundle, 32)?;
+    /// `layers` overrides the manifest's feature layers.
+    pub fn load(
+        bundle: &Path,
+        layers: Option<&[String]>,
+        kind: DatasetKind,
+        dir: &Path,
+        progress: bool,
+    ) -> Result<Self> {
+        let (bundle, extractor) = fit::extractor_with(bundle, layers, 32)?;
         let train = data::load(kind, dir, Split::Train)?;
         let test = data::load(kind, dir, Split::Test)?;
         let test_features = extractor.extract_cached(&test, kind, Split::Test, progress)?;
@@ -154,12 +161,12 @@ impl Setup {
         progress: bool,
     ) -> Result<GaussianHead<OwnedStorage>> {
         let d = self.extractor.dim();
-        if let Some(bytes) = &self.bundle.stats {
+        let same_features = self.extractor.layers == self.bundle.manifest.layers;
+        if let (Some(bytes), true) = (&self.bundle.stats, same_features) {
             let header = stats::read_header(bytes)?;
             if header.weighting == head.weighting && header.transform == head.transform {
                 // Loading sets the transform and its centre from the file.
-                let plain = HeadDefaults { transform: gaussedge_shared::Transform::IDENTITY, ..*head };
-                let mut h = fit::new_head(d, capacity, &plain, &[])?;
+                let mut h = fit::head_for_stats(d, capacity)?;
                 stats::load(&mut h, bytes, &stats::Expect { backbone_sha256: Some(self.extractor.sha256) })?;
                 h.set_settings(head.settings)?;
                 let classes: Vec<u16> =

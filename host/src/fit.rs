@@ -18,12 +18,14 @@ pub struct Extractor {
     backbone: Backbone,
     pub pre: Preprocess,
     pub sha256: [u8; 32],
+    pub layers: Vec<String>,
 }
 
 impl Extractor {
-    pub fn new(onnx: &[u8], pre: Preprocess, batch: usize) -> Result<Self> {
-        let backbone = Backbone::load(onnx, batch, pre.channels as usize, pre.height as usize, pre.width as usize)?;
-        Ok(Extractor { backbone, pre, sha256: sha256(onnx) })
+    pub fn new(onnx: &[u8], pre: Preprocess, layers: &[String], batch: usize) -> Result<Self> {
+        let backbone =
+            Backbone::load(onnx, batch, pre.channels as usize, pre.height as usize, pre.width as usize, layers)?;
+        Ok(Extractor { backbone, pre, sha256: sha256(onnx), layers: layers.to_vec() })
     }
 
     pub fn dim(&self) -> usize {
@@ -47,12 +49,18 @@ impl Extractor {
     }
 
     /// Features of a whole split, from the cache when this backbone already
-    /// saw it. The cache key is the backbone's SHA-256, the dataset, the
-    /// split and the sample count, so a changed model or file misses.
+    /// saw it. The cache key is the backbone's SHA-256, its layers, the
+    /// dataset, the split and the sample count, so a changed model or file
+    /// misses.
     pub fn extract_cached(&self, ds: &Dataset, kind: DatasetKind, split: Split, progress: bool) -> Result<Vec<f32>> {
         let d = self.dim();
+        let layers = if self.layers == gaussedge_device::bundle::default_layers() {
+            String::new()
+        } else {
+            format!("-{}", &hex(&sha256(self.layers.join(",").as_bytes()))[..8])
+        };
         let path = cache_dir().join("features").join(format!(
-            "{}-{}-{:?}-{}.f32",
+            "{}{layers}-{}-{:?}-{}.f32",
             &hex(&self.sha256)[..16],
             kind.name(),
             split,
@@ -132,6 +140,17 @@ pub fn new_head(
     Ok(h)
 }
 
+/// An empty head to load a statistics file into: the file brings the
+/// weighting, settings, transform and centre.
+pub fn head_for_stats(dim: usize, capacity: usize) -> Result<GaussianHead<OwnedStorage>> {
+    let plain = HeadDefaults {
+        weighting: gaussedge_shared::Weighting::Count,
+        settings: gaussedge_shared::Estimator::Pooled.settings(),
+        transform: Transform::IDENTITY,
+    };
+    new_head(dim, capacity, &plain, &[])
+}
+
 /// Learns one class from its features (all rows of `features`).
 pub fn learn_class(
     head: &mut GaussianHead<OwnedStorage>,
@@ -177,14 +196,81 @@ pub fn rows_of(features: &[f32], labels: &[u16], d: usize, class: u16) -> Vec<f3
         .collect()
 }
 
-/// Reads a bundle's backbone with the manifest's preprocessing.
+/// Reads a bundle's backbone with the manifest's preprocessing and layers.
 pub fn extractor_for(bundle: &Path, batch: usize) -> Result<(gaussedge_device::bundle::Bundle, Extractor)> {
+    extractor_with(bundle, None, batch)
+}
+
+/// Like [`extractor_for`], with other layers than the manifest's when
+/// `layers` is given (see [`resolve_layers`]).
+pub fn extractor_with(
+    bundle: &Path,
+    layers: Option<&[String]>,
+    batch: usize,
+) -> Result<(gaussedge_device::bundle::Bundle, Extractor)> {
     let b = gaussedge_device::bundle::Bundle::read(bundle)?;
-    let e = Extractor::new(&b.onnx, b.manifest.preprocess, batch)?;
-    if e.dim() != b.manifest.feature_dim {
+    let layers = match layers {
+        Some(l) => resolve_layers(&b.onnx, l)?,
+        None => b.manifest.layers.clone(),
+    };
+    let e = Extractor::new(&b.onnx, b.manifest.preprocess, &layers, batch)?;
+    if layers == b.manifest.layers && e.dim() != b.manifest.feature_dim {
         bail!("backbone gives {} features, the manifest says {}", e.dim(), b.manifest.feature_dim);
     }
     Ok((b, e))
+}
+
+/// Names of the graph outputs of an ONNX model, in order.
+pub fn onnx_outputs(onnx: &[u8]) -> Result<Vec<String>> {
+    use prost::Message;
+    let model = tract_onnx::pb::ModelProto::decode(onnx).context("backbone.onnx is not an ONNX model")?;
+    Ok(model.graph.map(|g| g.output.into_iter().map(|o| o.name).collect()).unwrap_or_default())
+}
+
+/// Layer names with the shorthand `blocks` expanded to every `features_<i>`
+/// output of the backbone, in block order.
+pub fn resolve_layers(onnx: &[u8], asked: &[String]) -> Result<Vec<String>> {
+    let outputs = onnx_outputs(onnx)?;
+    let mut out = vec![];
+    for name in asked {
+        if name == "blocks" {
+            let mut blocks: Vec<(usize, String)> = outputs
+                .iter()
+                .filter_map(|o| o.strip_prefix("features_")?.parse().ok().map(|i: usize| (i, o.clone())))
+                .collect();
+            if blocks.is_empty() {
+                bail!("`blocks`: the backbone exports no block outputs (features_<i>); outputs: {outputs:?}");
+            }
+            blocks.sort();
+            out.extend(blocks.into_iter().map(|(_, o)| o));
+        } else if outputs.contains(name) {
+            out.push(name.clone());
+        } else {
+            bail!("the backbone has no output {name:?}; it has {outputs:?}");
+        }
+    }
+    if out.is_empty() {
+        bail!("no layers named");
+    }
+    Ok(out)
+}
+
+/// The head design that won on both datasets (bench/accuracy.md): every
+/// MBConv block's pooled output (Lee et al.'s feature ensemble), centred on
+/// the base classes' mean and L2-normalised, the count-weighted pooled
+/// covariance with shrinkage 1e-6 of the mean variance, a uniform prior.
+pub fn recommended_head() -> HeadDefaults {
+    use gaussedge_shared::{HeadSettings, Prior, Regularizer, Weighting};
+    HeadDefaults {
+        weighting: Weighting::Count,
+        settings: HeadSettings { regularizer: Regularizer::Shrinkage(1e-6), prior: Prior::Uniform },
+        transform: Transform { power: None, center_l2: true },
+    }
+}
+
+/// Outputs `features_0` .. `features_{blocks-1}`: the recommended layers.
+pub fn block_layers(blocks: usize) -> Vec<String> {
+    (0..blocks).map(|i| format!("features_{i}")).collect()
 }
 
 /// Writes a bundle folder: the backbone, the head's statistics, the manifest.
@@ -198,6 +284,9 @@ pub fn write_bundle(
     let meta = gaussedge_shared::stats::StatsMeta {
         backbone_sha256: manifest.sha256_bytes().context("manifest hash")?,
         preprocess: manifest.preprocess,
+        // A bundle's statistics travel to devices: half the bytes, and the
+        // head widens them back to f64 on load.
+        precision: gaussedge_shared::stats::Precision::F32,
     };
     let stats_bytes = gaussedge_shared::stats::to_vec(head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::util::write_atomic(&dir.join(gaussedge_device::bundle::BACKBONE), onnx)?;

@@ -120,6 +120,8 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
         classes: merged.len() as u32,
         capacity: merged.len().max(1) as u32,
         scatter_norm: norm,
+        // A merge is exact; it keeps full precision whatever its inputs had.
+        scatter_precision: stats::Precision::F64,
         ..*first
     };
     let refs: Vec<(Label, u64, &[f64])> = merged.iter().map(|(l, n, m)| (l.clone(), *n, m.as_slice())).collect();

@@ -58,7 +58,7 @@ pub fn check(arch: &Arch, net: &EfficientNet, vs: &nn::VarStore, inputs: &Tensor
         &weights_of(vs),
         &ExportOptions { height: h, width: w, logits: false, block_features: vec![] },
     )?;
-    let backbone = Backbone::load(&onnx, n, c, h, w)?;
+    let backbone = Backbone::load(&onnx, n, c, h, w, &["features"])?;
     let input: Vec<f32> = {
         let t = inputs.to_kind(Kind::Float).contiguous();
         let len = t.numel();

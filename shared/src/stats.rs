@@ -12,7 +12,7 @@
 //! | per class: label, count | postcard ([`ClassRecord`]) |
 //! | per class: mean | postcard sequence of `D` f64 |
 //! | centre (only with the `center_l2` transform) | postcard sequence of `D` f64 |
-//! | pooled accumulator, packed lower triangle | postcard sequence of `D(D+1)/2` f64 |
+//! | pooled accumulator, packed lower triangle | postcard sequence of `D(D+1)/2` f64, or f32 (see [`Precision`]) |
 //! | CRC-32 (ISO-HDLC) of everything before it | u32, 4 bytes |
 //!
 //! A postcard `f64` sequence is a varint length and 8 little-endian bytes per
@@ -31,7 +31,8 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"GEHS";
-pub const VERSION: u16 = 1;
+/// Version 2 added [`StatsHeader::scatter_precision`].
+pub const VERSION: u16 = 2;
 const PREFIX: usize = 4 + 2 + 8;
 /// Slice-by-16 tables (16 KiB of read-only data): statistics files are
 /// megabytes, and the byte-wise table would make the CRC the slowest part of
@@ -50,6 +51,28 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
+/// How the pooled accumulator is stored. The head always accumulates in
+/// f64; `F32` halves the file (the accumulator is `D(D+1)/2` values, 13 MB
+/// at D = 1808 in f64) for bundles and link transfers, at a relative
+/// rounding of 6e-8 per entry, far below the shrinkage the head applies
+/// (1e-6 of the mean variance and up). Device persistence keeps `F64`, so a
+/// restart reproduces every score exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Precision {
+    #[default]
+    F64,
+    F32,
+}
+
+impl Precision {
+    pub const fn bytes(self) -> usize {
+        match self {
+            Precision::F64 => 8,
+            Precision::F32 => 4,
+        }
+    }
+}
+
 /// The postcard header after the fixed prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StatsHeader {
@@ -66,6 +89,8 @@ pub struct StatsHeader {
     /// SHA-256 of the backbone ONNX these features come from.
     pub backbone_sha256: [u8; 32],
     pub preprocess: Preprocess,
+    /// Storage of the pooled accumulator.
+    pub scatter_precision: Precision,
 }
 
 /// Label and sample count of one class; its mean follows.
@@ -75,11 +100,13 @@ pub struct ClassRecord {
     pub count: u64,
 }
 
-/// Facts about the backbone the statistics belong to.
+/// What a file records besides the head: the backbone the statistics belong
+/// to, and how the accumulator is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StatsMeta {
     pub backbone_sha256: [u8; 32],
     pub preprocess: Preprocess,
+    pub precision: Precision,
 }
 
 /// What the loader insists on; `None` accepts anything.
@@ -149,7 +176,11 @@ fn varint_len(mut v: u64) -> usize {
 }
 
 fn seq_len(n: usize) -> u64 {
-    (varint_len(n as u64) + 8 * n) as u64
+    seq_len_as(n, Precision::F64)
+}
+
+fn seq_len_as(n: usize, p: Precision) -> u64 {
+    (varint_len(n as u64) + p.bytes() * n) as u64
 }
 
 /// The header a head would be saved with.
@@ -164,6 +195,7 @@ pub fn header_of<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> StatsH
         scatter_norm: head.scatter_norm(),
         backbone_sha256: meta.backbone_sha256,
         preprocess: meta.preprocess,
+        scatter_precision: meta.precision,
     }
 }
 
@@ -183,7 +215,7 @@ pub fn encoded_len<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> u64 
     if header.transform.center_l2 {
         n += seq_len(d);
     }
-    n + seq_len(tri_len(d)) + 4
+    n + seq_len_as(tri_len(d), header.scatter_precision) + 4
 }
 
 /// Streams the head's committed statistics to `sink` in pieces of at most a
@@ -210,7 +242,7 @@ pub fn write<S: Storage, E>(
     if header.transform.center_l2 {
         w.f64s(head.center())?;
     }
-    w.f64s(head.pooled())?;
+    w.floats(head.pooled(), header.scatter_precision)?;
     let crc = w.digest.finalize();
     (w.sink)(&crc.to_le_bytes()).map_err(WriteError::Sink)?;
     debug_assert_eq!(w.written + 4, total);
@@ -242,14 +274,22 @@ where
     }
 
     fn f64s(&mut self, values: &[f64]) -> Result<(), WriteError<E>> {
+        self.floats(values, Precision::F64)
+    }
+
+    fn floats(&mut self, values: &[f64], precision: Precision) -> Result<(), WriteError<E>> {
         let mut buf = [0u8; 512];
         let n = postcard::to_slice(&(values.len() as u64), &mut buf).map(|s| s.len()).unwrap_or(0);
         self.put(&buf[..n])?;
+        let width = precision.bytes();
         for chunk in values.chunks(64) {
-            for (dst, v) in buf.chunks_exact_mut(8).zip(chunk) {
-                dst.copy_from_slice(&v.to_le_bytes());
+            for (dst, v) in buf.chunks_exact_mut(width).zip(chunk) {
+                match precision {
+                    Precision::F64 => dst.copy_from_slice(&v.to_le_bytes()),
+                    Precision::F32 => dst.copy_from_slice(&(*v as f32).to_le_bytes()),
+                }
             }
-            self.put(&buf[..chunk.len() * 8])?;
+            self.put(&buf[..chunk.len() * width])?;
         }
         Ok(())
     }
@@ -282,7 +322,7 @@ pub fn encode_parts(
     let mut header = *header;
     header.classes = classes.len() as u32;
     let d = header.dim as usize;
-    let mut total = PREFIX as u64 + postcard_len(&header) + seq_len(tri_len(d)) + 4;
+    let mut total = PREFIX as u64 + postcard_len(&header) + seq_len_as(tri_len(d), header.scatter_precision) + 4;
     for (label, count, _) in classes {
         total += postcard_len(&ClassRecord { label: label.clone(), count: *count }) + seq_len(d);
     }
@@ -307,7 +347,7 @@ pub fn encode_parts(
         if header.transform.center_l2 {
             w.f64s(center.unwrap_or(&[]))?;
         }
-        w.f64s(pooled)?;
+        w.floats(pooled, header.scatter_precision)?;
         let crc = w.digest.finalize();
         (w.sink)(&crc.to_le_bytes()).map_err(WriteError::Sink)
     })();
@@ -363,17 +403,34 @@ impl<'a> Cursor<'a> {
 
     /// Reads a sequence of exactly `n` finite f64 values, into `out` if given.
     fn f64s(&mut self, n: usize, out: Option<&mut [f64]>, what: &'static str) -> Result<(), StatsError> {
+        self.floats(n, out, Precision::F64, what)
+    }
+
+    /// Reads `n` finite values stored as `precision`, widened to f64.
+    fn floats(
+        &mut self,
+        n: usize,
+        out: Option<&mut [f64]>,
+        precision: Precision,
+        what: &'static str,
+    ) -> Result<(), StatsError> {
         let len: u64 = self.item(what)?;
         if len != n as u64 {
             return Err(StatsError::Malformed(what));
         }
-        let bytes = n.checked_mul(8).filter(|&b| b <= self.rest.len()).ok_or(StatsError::Malformed(what))?;
+        let width = precision.bytes();
+        let bytes = n.checked_mul(width).filter(|&b| b <= self.rest.len()).ok_or(StatsError::Malformed(what))?;
         let (data, rest) = self.rest.split_at(bytes);
         let mut out = out;
-        for (i, chunk) in data.chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            let v = f64::from_le_bytes(b);
+        for (i, chunk) in data.chunks_exact(width).enumerate() {
+            let v = match precision {
+                Precision::F64 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(chunk);
+                    f64::from_le_bytes(b)
+                }
+                Precision::F32 => f64::from(f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])),
+            };
             if !v.is_finite() {
                 return Err(StatsError::Malformed(what));
             }
@@ -449,7 +506,7 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
         c.f64s(d, None, "centre")?;
     }
     let mut pooled = Cursor { rest: c.rest };
-    c.f64s(tri_len(d), None, "pooled scatter")?;
+    c.floats(tri_len(d), None, header.scatter_precision, "pooled scatter")?;
     if !c.rest.is_empty() {
         return Err(StatsError::Malformed("trailing bytes"));
     }
@@ -464,7 +521,7 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
         header.transform,
         header.scatter_norm,
         |buf| {
-            let _ = pooled.f64s(tri_len(d), Some(buf), "pooled scatter");
+            let _ = pooled.floats(tri_len(d), Some(buf), header.scatter_precision, "pooled scatter");
         },
         |buf| {
             if header.transform.center_l2 {

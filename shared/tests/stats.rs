@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use gaussedge_shared::config::{Estimator, HeadSettings, Power, Prior, Regularizer, Transform, Weighting};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, HeadError, OwnedStorage};
-use gaussedge_shared::stats::{self, Expect, Preprocess, StatsError, StatsMeta};
+use gaussedge_shared::stats::{self, Expect, Precision, Preprocess, StatsError, StatsMeta};
 
 const SHA: [u8; 32] = [7; 32];
 
@@ -20,6 +20,7 @@ fn meta() -> StatsMeta {
             mean: [0.49, 0.48, 0.45],
             std: [0.25, 0.24, 0.26],
         },
+        ..Default::default()
     }
 }
 
@@ -75,7 +76,42 @@ fn round_trip_restores_every_prediction() {
 }
 
 #[test]
+fn a_compact_file_is_the_f32_rounding_of_the_accumulator_and_predicts_alike() {
+    let mut h = small_head(24, &[40, 35, 50], 4, Transform::IDENTITY);
+    let compact = StatsMeta { precision: Precision::F32, ..meta() };
+    let full = stats::to_vec(&h, &meta()).unwrap();
+    let bytes = stats::to_vec(&h, &compact).unwrap();
+    assert_eq!(bytes.len() as u64, stats::encoded_len(&h, &compact));
+    // The accumulator is 300 of the file's values: 4 bytes saved on each.
+    assert_eq!(full.len() - bytes.len(), 4 * 24 * 25 / 2);
+    let mut back = fresh(24, 4);
+    let header = stats::load(&mut back, &bytes, &Expect::default()).unwrap();
+    assert_eq!(header.scatter_precision, Precision::F32);
+    for (a, b) in h.pooled().iter().zip(back.pooled()) {
+        assert_eq!(*b, f64::from(*a as f32));
+    }
+    // Means stay exact; scores move by the rounding only.
+    for x in gaussian_classes(24, &[20, 20, 20], 9).iter().flatten() {
+        let (a, b) = (h.predict(x, None).unwrap(), back.predict(x, None).unwrap());
+        assert_eq!(a.class, b.class);
+        assert!((a.score - b.score).abs() <= 1e-5 * a.score.abs().max(1.0), "{} vs {}", a.score, b.score);
+    }
+    // Saved again at full precision, the widened values come back exactly.
+    let again = stats::to_vec(&back, &meta()).unwrap();
+    let mut twice = fresh(24, 4);
+    stats::load(&mut twice, &again, &Expect::default()).unwrap();
+    assert_eq!(twice.pooled(), back.pooled());
+}
+
+#[test]
 fn every_truncation_and_every_bit_flip_is_refused_and_changes_nothing() {
+    for precision in [Precision::F64, Precision::F32] {
+        refuses_every_damage(StatsMeta { precision, ..meta() });
+    }
+}
+
+fn refuses_every_damage(meta: StatsMeta) {
+    let meta = || meta;
     let source = small_head(4, &[12, 9], 2, Transform::IDENTITY);
     let bytes = stats::to_vec(&source, &meta()).unwrap();
     let mut target = small_head(4, &[7, 8, 9], 3, Transform::IDENTITY);
@@ -169,12 +205,16 @@ fn mismatches_are_named() {
     let err = stats::load(&mut t, &bytes, &Expect { backbone_sha256: Some(other) }).unwrap_err();
     assert_eq!(err, StatsError::BackboneMismatch { file: SHA, expected: other });
     assert!(err.to_string().contains("0707"), "{err}");
-    let mut v2 = bytes.clone();
-    v2[4] = 2;
-    assert_eq!(
-        stats::load(&mut t, &v2, &Expect::default()),
-        Err(StatsError::UnsupportedVersion { found: 2, supported: 1 })
-    );
+    // Version 1 lacked the accumulator's precision; a future version may
+    // change anything.
+    for version in [1u16, 3] {
+        let mut other = bytes.clone();
+        other[4..6].copy_from_slice(&version.to_le_bytes());
+        assert_eq!(
+            stats::load(&mut t, &other, &Expect::default()),
+            Err(StatsError::UnsupportedVersion { found: version, supported: 2 })
+        );
+    }
     assert!(matches!(
         stats::load(&mut t, b"PK\x03\x04 not a stats file", &Expect::default()),
         Err(StatsError::BadMagic(_))

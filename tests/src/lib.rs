@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use gaussedge_data::{Dataset, DatasetKind, Split};
-use gaussedge_device::bundle::{hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
+use gaussedge_device::bundle::{hex, Manifest, MANIFEST_FORMAT};
 use gaussedge_host::arch::{Arch, ArchConfig};
 use gaussedge_host::client::Client;
 use gaussedge_host::demo::Simulator;
@@ -15,7 +15,6 @@ use gaussedge_host::onnx::{self, ExportOptions};
 use gaussedge_host::parity;
 use gaussedge_host::prep::{self, Normalization};
 use gaussedge_host::rng::Rng;
-use gaussedge_shared::{Estimator, Transform};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -102,14 +101,18 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
     let onnx = onnx::export(
         &arch,
         &weights,
-        &ExportOptions { height: SIZE as usize, width: SIZE as usize, logits: true, block_features: vec![] },
+        &ExportOptions {
+            height: SIZE as usize,
+            width: SIZE as usize,
+            logits: true,
+            block_features: (0..arch.blocks.len()).collect(),
+        },
     )?;
-    let extractor = Extractor::new(&onnx, pre, 16)?;
-    let head = HeadDefaults {
-        weighting: Estimator::Pooled.weighting(),
-        settings: Estimator::Pooled.settings(),
-        transform: Transform::IDENTITY,
-    };
+    // The product's head design: every block's pooled output, centred and
+    // L2-normalised, so the tests exercise the multi-output path end to end.
+    let layers = fit::block_layers(arch.blocks.len());
+    let extractor = Extractor::new(&onnx, pre, &layers, 16)?;
+    let head = fit::recommended_head();
     let features = extractor.extract(&base, &idx, &fit::bar(false, 0, ""))?;
     let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
     let d = extractor.dim();
@@ -121,6 +124,7 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
         base_classes: BASE.to_vec(),
         preprocess: pre,
         feature_dim: d,
+        layers,
         backbone_sha256: hex(&extractor.sha256),
         head,
         extra: serde_json::json!({"fixture": true}),

@@ -167,3 +167,54 @@ fn eval_in_process_and_through_a_device_agree() {
     let via = report["final_accuracy"].as_f64().unwrap();
     assert!((via - in_process).abs() < 0.05, "in process {in_process}, through the device {via}");
 }
+
+#[test]
+fn eval_levers_and_layers_change_the_head_and_bad_layers_are_named() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let data = f.data.to_str().unwrap();
+    let bundle = f.bundle.to_str().unwrap();
+    let eval = ["eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5"];
+    let report = |extra: &[&str]| -> serde_json::Value {
+        let json = work.path().join("lever.json");
+        ok(&[&eval[..], extra, &["--json", json.to_str().unwrap()]].concat());
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    // The fixture's manifest names every block; `features` alone is the
+    // last layer, a different and narrower feature vector.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.bundle.join("manifest.json")).unwrap()).unwrap();
+    let blocks = report(&[]);
+    assert_eq!(blocks["layers"], manifest["layers"]);
+    assert!(manifest["layers"].as_array().unwrap().len() > 1);
+    let last = report(&["--layers", "features", "--transform", "none", "--shrinkage", "0.01", "--prior", "log-count"]);
+    assert_eq!(last["layers"], serde_json::json!(["features"]));
+    assert_eq!(last["head"]["settings"]["regularizer"]["Shrinkage"], 0.01);
+    assert_eq!(last["head"]["settings"]["prior"], "LogCount");
+    assert_eq!(last["head"]["transform"]["center_l2"], false);
+    assert_ne!(last["stages"], blocks["stages"]);
+    // `blocks` is the manifest's list spelt short.
+    assert_eq!(report(&["--layers", "blocks"])["stages"], blocks["stages"]);
+
+    let (success, _, stderr) = gaussedge(&[&eval[..], &["--layers", "features,no_such_layer"]].concat());
+    assert!(!success);
+    assert!(stderr.contains("no output \"no_such_layer\""), "{stderr}");
+
+    // A manifest naming an output the backbone lacks is refused on load by
+    // the device too, by name.
+    let broken = work.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for file in ["backbone.onnx", "head.stats"] {
+        std::fs::copy(f.bundle.join(file), broken.join(file)).unwrap();
+    }
+    let mut m = manifest.clone();
+    m["layers"] = serde_json::json!(["features", "features_99"]);
+    std::fs::write(broken.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = Command::new(device_binary())
+        .args(["--bundle", broken.to_str().unwrap(), "--state", work.path().join("s").to_str().unwrap(), "--pty"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no output `features_99`"), "{stderr}");
+}

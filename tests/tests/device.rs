@@ -65,8 +65,8 @@ fn learn_predict_forget_and_find_it_all_after_a_restart() {
     // the same ONNX (features through tract with the same preprocessing).
     let pulled = c.pull_stats().unwrap();
     let bundle = gaussedge_device::bundle::Bundle::read(&f.bundle).unwrap();
-    let extractor = Extractor::new(&bundle.onnx, bundle.manifest.preprocess, 1).unwrap();
-    let mut local = gaussedge_host::fit::new_head(extractor.dim(), 8, &bundle.manifest.head, &[]).unwrap();
+    let extractor = Extractor::new(&bundle.onnx, bundle.manifest.preprocess, &bundle.manifest.layers, 1).unwrap();
+    let mut local = gaussedge_host::fit::head_for_stats(extractor.dim(), 8).unwrap();
     stats::load(&mut local, &pulled, &Expect::default()).unwrap();
     let idx: Vec<usize> = (0..test.len()).collect();
     let features = extractor.extract(&test, &idx, &gaussedge_host::fit::bar(false, 0, "")).unwrap();
