@@ -18,15 +18,20 @@ cargo bench --locked -p gaussedge-device --bench latency --no-run >&2
 input=$(mktemp --suffix .f32)
 out=$(mktemp)
 shape=$(python3 -c "import json;p=json.load(open('$bundle/manifest.json'))['preprocess'];print(f\"{p['channels']},{p['height']},{p['width']}\")")
+layers=$(python3 -c "import json;print(','.join(json.load(open('$bundle/manifest.json')).get('layers',['features'])))")
 for r in $(seq "$rounds"); do
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" >> "$out"
-  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" >> "$out"
+  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" >> "$out"
+  cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --batch 8 >> "$out"
+  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --batch 8 >> "$out"
 done
 "$py" - "$out" "$bundle" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-t = [r for r in rows if r["impl"] == "tract"]
-o = [r for r in rows if r["impl"] == "onnxruntime"]
+t = [r for r in rows if r["impl"] == "tract" and r["batch"] == 1]
+o = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 1]
+t8 = [r for r in rows if r["impl"] == "tract" and r["batch"] == 8]
+o8 = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 8]
 m = lambda rs, k: statistics.median(r[k] for r in rs)
 c, h, w = t[0]["input"]
 print(f"{sys.argv[2]}: input {c}x{h}x{w}, batch 1, one thread, median of {len(t)} interleaved rounds x {t[0]['runs']} images\n")
@@ -34,6 +39,7 @@ print("| stage | gaussedge (tract) | onnxruntime | ratio tract / ort |")
 print("| --- | --- | --- | --- |")
 print(f"| preprocess (u8 frame -> f32) | {m(t,'preprocess_us'):.1f} µs | | |")
 print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(t,'backbone_us')/m(o,'backbone_us'):.2f} |")
+print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {m(t8,'backbone_us')/m(o8,'backbone_us'):.2f} |")
 print(f"| head learn (K = 64) | {m(t,'head_learn_us'):.1f} µs | | |")
 print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | | |")
 print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {m(t,'load_ms')/m(o,'load_ms'):.2f} |")

@@ -1,10 +1,12 @@
-//! `cargo bench -p gaussedge-device --bench latency -- --bundle DIR [--runs N]`
+//! `cargo bench -p gaussedge-device --bench latency -- --bundle DIR [--runs N] [--batch B]`
 //!
 //! Per-image latency of the device pipeline on a bundle, stage by stage:
 //! preprocessing a raw frame, the backbone (tract, batch 1, one thread),
 //! one head learn and one head predict (with novelty) at K = 64, plus the
 //! process's peak RSS. Prints one JSON line; bench/device-latency.sh runs it
-//! beside onnxruntime on the same ONNX and input.
+//! beside onnxruntime on the same ONNX and input. With `--batch B` it times
+//! only the backbone on batches of B frames (per image), the case of a
+//! capture learned in batches.
 
 use gaussedge_device::backbone::Backbone;
 use gaussedge_device::bundle::Bundle;
@@ -37,8 +39,32 @@ fn main() {
         return;
     };
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(200);
+    let batch: usize = arg("--batch").and_then(|r| r.parse().ok()).unwrap_or(1);
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
+    if batch > 1 {
+        let (c, h, w) = (p.channels as usize, p.height as usize, p.width as usize);
+        let backbone = Backbone::load(&bundle.onnx, batch, c, h, w, &bundle.manifest.layers).expect("backbone");
+        let frame: Vec<f32> = match arg("--input") {
+            Some(path) => std::fs::read(path)
+                .expect("--input written by a batch-1 run")
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            None => vec![0.5; c * h * w],
+        };
+        let input: Vec<f32> = (0..batch).flat_map(|_| frame.iter().copied()).collect();
+        backbone.features(&input).expect("warm-up");
+        let times: Vec<f64> = (0..runs.div_ceil(batch).max(5))
+            .map(|_| {
+                let t = Instant::now();
+                black_box(backbone.features(black_box(&input)).unwrap());
+                t.elapsed().as_secs_f64() / batch as f64
+            })
+            .collect();
+        println!("{}", serde_json::json!({"impl": "tract", "batch": batch, "backbone_us": median_us(times)}));
+        return;
+    }
     let t = Instant::now();
     let backbone = Backbone::load(
         &bundle.onnx,
@@ -106,6 +132,7 @@ fn main() {
             "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
             "head_bytes": head.layout().bytes(),
             "input": [p.channels, p.height, p.width],
+            "batch": 1,
             "runs": runs,
         })
     );

@@ -33,6 +33,16 @@ enum Command {
     Parity(ParityArgs),
     /// Show a statistics file's header and classes.
     Stats { file: PathBuf },
+    /// Draw the accuracy curves of several `eval --json` reports in one plot.
+    Plot {
+        /// Curves as NAME=REPORT.json, in legend order.
+        #[arg(required = true)]
+        curves: Vec<String>,
+        #[arg(long, default_value = "classes added one at a time")]
+        title: String,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Training and forward throughput of EfficientNet-b0 with tch (used by
     /// bench/train-throughput.sh beside PyTorch eager). Prints JSON.
     #[cfg(feature = "train")]
@@ -449,6 +459,7 @@ pub fn main() -> Result<()> {
         #[cfg(feature = "train")]
         Command::Parity(a) => parity(a),
         Command::Stats { file } => stats_info(&file),
+        Command::Plot { curves, title, out } => plot_reports(&curves, &title, &out),
         #[cfg(feature = "train")]
         Command::BenchTrain { size, batch, steps, threads, cuda } => bench_train(size, batch, steps, threads, cuda),
         Command::Merge(a) => merge(a),
@@ -990,6 +1001,22 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         let series = vec![("gaussedge".to_string(), last.iter().map(|s| s.accuracy).collect())];
         eval::plot(p, &format!("{}: classes added one at a time", a.data.dataset.name()), &series)?;
     }
+    Ok(())
+}
+
+fn plot_reports(curves: &[String], title: &str, out: &Path) -> Result<()> {
+    let mut series = vec![];
+    for c in curves {
+        let (name, file) = c.split_once('=').with_context(|| format!("{c:?}: expected NAME=REPORT.json"))?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file).with_context(|| format!("reading {file}"))?)
+                .with_context(|| format!("{file}: not JSON"))?;
+        let stages = report["stages"].as_array().with_context(|| format!("{file}: no stages (not an eval report)"))?;
+        let acc: Option<Vec<f64>> = stages.iter().map(|s| s["accuracy"].as_f64()).collect();
+        series.push((name.to_string(), acc.with_context(|| format!("{file}: a stage without accuracy"))?));
+    }
+    crate::eval::plot(out, title, &series)?;
+    println!("{}", out.display());
     Ok(())
 }
 

@@ -193,6 +193,12 @@ fn eval_levers_and_layers_change_the_head_and_bad_layers_are_named() {
     assert_eq!(last["head"]["settings"]["prior"], "LogCount");
     assert_eq!(last["head"]["transform"]["center_l2"], false);
     assert_ne!(last["stages"], blocks["stages"]);
+    let png = work.path().join("curves.png");
+    let lever = work.path().join("lever.json");
+    ok(&["plot", &format!("last layer={}", lever.display()), "--out", png.to_str().unwrap()]);
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    let (success, _, stderr) = gaussedge(&["plot", "x=/no/such.json", "--out", png.to_str().unwrap()]);
+    assert!(!success && stderr.contains("/no/such.json"), "{stderr}");
     // `blocks` is the manifest's list spelt short.
     assert_eq!(report(&["--layers", "blocks"])["stages"], blocks["stages"]);
 
