@@ -706,7 +706,8 @@ fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
         "# {name}\n\nEfficientNet-b0 feature extractor trained by gaussedge on {dataset} classes {classes:?} \
          ({labels}), with the base classes' Gaussian-head statistics.\n\n\
          * command: `{command}`\n* input: {w}x{h}, {c} channels, mean {mean:?}, std {std:?}\n\
-         * feature dim: {d}\n* backbone.onnx SHA-256: `{sha}`\n* head: {head:?}\n\n## Recipe\n\n```json\n{recipe}\n```\n\n## Metrics\n\n\
+         * feature dim: {d}, the concatenation of the backbone outputs {layers}\n\
+         * backbone.onnx SHA-256: `{sha}`\n* head: {head:?}\n\n## Recipe\n\n```json\n{recipe}\n```\n\n## Metrics\n\n\
          * FC head, 10-class test accuracy: {fc}\n* FC head, base-class test accuracy: {fcb}\n\
          * Gaussian head before any new class, 10-class test accuracy: {g}\n\n\
          ## Intended use\n\nA starting point for on-device class-incremental learning with the gaussedge \
@@ -722,6 +723,7 @@ fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
         mean = m.preprocess.mean,
         std = m.preprocess.std,
         d = m.feature_dim,
+        layers = m.layers.join(", "),
         sha = m.backbone_sha256,
         head = m.head,
         recipe = serde_json::to_string_pretty(&m.extra["recipe"])?,
@@ -729,7 +731,8 @@ fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
         fcb = metrics["fc_base_test_accuracy"],
         g = metrics["gaussian_base_only_test_accuracy"],
     );
-    card += "\nPer-epoch history is in `metrics.json`.\n";
+    card += "\nPer-epoch history is in `metrics.json`. Accuracy while classes are added on the device: \
+              `gaussedge eval --bundle <this folder>` and bench/accuracy.md.\n";
     write_atomic(&dir.join("MODEL_CARD.md"), card.as_bytes())
 }
 
@@ -986,6 +989,10 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         "stages": last,
         "final_accuracy": final_accuracy,
         "final_accuracies": finals,
+        // Per stage, the mean over the draws (`stages` holds the first draw).
+        "mean_stage_accuracy": (0..last.len())
+            .map(|i| stages.iter().map(|s| s[i].accuracy).sum::<f64>() / stages.len() as f64)
+            .collect::<Vec<_>>(),
         "novelty": novelty,
     });
     if let Some(p) = &a.json {
@@ -1012,7 +1019,11 @@ fn plot_reports(curves: &[String], title: &str, out: &Path) -> Result<()> {
             serde_json::from_slice(&std::fs::read(file).with_context(|| format!("reading {file}"))?)
                 .with_context(|| format!("{file}: not JSON"))?;
         let stages = report["stages"].as_array().with_context(|| format!("{file}: no stages (not an eval report)"))?;
-        let acc: Option<Vec<f64>> = stages.iter().map(|s| s["accuracy"].as_f64()).collect();
+        // The mean over draws where there were several.
+        let acc: Option<Vec<f64>> = match report["mean_stage_accuracy"].as_array() {
+            Some(mean) => mean.iter().map(|v| v.as_f64()).collect(),
+            None => stages.iter().map(|s| s["accuracy"].as_f64()).collect(),
+        };
         series.push((name.to_string(), acc.with_context(|| format!("{file}: a stage without accuracy"))?));
     }
     crate::eval::plot(out, title, &series)?;

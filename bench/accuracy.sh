@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every row of bench/accuracy.md: the seed's protocol (base classes 0-4, then
+# 5..9 added one at a time) with each head lever alone and combined, few-shot
+# draws and novelty, on both committed bundles. Reports land in
+# bench/results/, the curves in bench/accuracy.png.
+#   bench/accuracy.sh [cifar10|fashion-mnist|all]   (CIFAR data: $CIFAR10_DIR, default ../shared/data/cifar-10-dev)
+# Features are cached per backbone and layers under ~/.cache/gaussedge, so a
+# second run takes minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(scripts/setup.sh)"
+cargo build --release --locked -p gaussedge-host >&2
+g=target/release/gaussedge
+out=bench/results
+mkdir -p "$out"
+which=${1:-all}
+
+run() { # NAME BUNDLE DATASET DATA [eval flags...]
+  local name=$1 bundle=$2 dataset=$3 data=$4
+  shift 4
+  echo "== $name: gaussedge eval --bundle $bundle --dataset $dataset $*" >&2
+  "$g" eval --bundle "$bundle" --dataset "$dataset" --data "$data" --json "$out/$name.json" "$@" | tail -1
+}
+
+suite() { # PREFIX BUNDLE DATASET DATA
+  local p=$1 b=$2 d=$3 data=$4
+  run "$p-seed" "$b" "$d" "$data" --layers features --estimator seed
+  run "$p-last-pooled" "$b" "$d" "$data" --layers features --estimator pooled
+  run "$p-last-shrink1e-6" "$b" "$d" "$data" --layers features --estimator pooled --shrinkage 1e-6
+  run "$p-last-oas" "$b" "$d" "$data" --layers features --estimator pooled --oas
+  run "$p-last-cl2n" "$b" "$d" "$data" --layers features --estimator pooled --shrinkage 1e-6 --transform cl2n
+  run "$p-last-tukey" "$b" "$d" "$data" --layers features --estimator pooled --shrinkage 1e-6 --transform tukey
+  run "$p-blocks-plain" "$b" "$d" "$data" --transform none
+  run "$p-blocks-shrink1e-4" "$b" "$d" "$data" --shrinkage 1e-4
+  run "$p-blocks-tukey-cl2n" "$b" "$d" "$data" --transform tukey-cl2n
+  run "$p-default" "$b" "$d" "$data"
+  run "$p-default-logcount" "$b" "$d" "$data" --prior log-count
+  for k in 5 20 100; do
+    run "$p-shots$k" "$b" "$d" "$data" --shots "$k" --draws 5
+  done
+  run "$p-shots5-logcount" "$b" "$d" "$data" --shots 5 --draws 5 --prior log-count
+}
+
+if [ "$which" = all ] || [ "$which" = cifar10 ]; then
+  suite cifar10 models/cifar10-b0-base5 cifar10 "${CIFAR10_DIR:-../shared/data/cifar-10-dev}"
+fi
+if [ "$which" = all ] || [ "$which" = fashion-mnist ]; then
+  suite fashion models/fashion-mnist-b0-base5 fashion-mnist /usr/share/datasets/fashion-mnist
+fi
+if [ -f "$out/cifar10-default.json" ] && [ -f "$out/fashion-default.json" ]; then
+  "$g" plot --title "classes added one at a time (base 0-4)" --out bench/accuracy.png \
+    "CIFAR-10 seed estimator=$out/cifar10-seed.json" \
+    "CIFAR-10 last layer, pooled=$out/cifar10-last-pooled.json" \
+    "CIFAR-10 gaussedge=$out/cifar10-default.json" \
+    "CIFAR-10 gaussedge, 20 shots=$out/cifar10-shots20.json" \
+    "Fashion seed estimator=$out/fashion-seed.json" \
+    "Fashion gaussedge=$out/fashion-default.json" \
+    "Fashion gaussedge, 20 shots=$out/fashion-shots20.json"
+fi
