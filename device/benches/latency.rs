@@ -42,6 +42,10 @@ fn main() {
     let batch: usize = arg("--batch").and_then(|r| r.parse().ok()).unwrap_or(1);
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
+    if args.iter().any(|a| a == "--profile") {
+        profile(&bundle, runs);
+        return;
+    }
     if batch > 1 {
         let (c, h, w) = (p.channels as usize, p.height as usize, p.width as usize);
         let backbone = Backbone::load(&bundle.onnx, batch, c, h, w, &bundle.manifest.layers).expect("backbone");
@@ -136,4 +140,46 @@ fn main() {
             "runs": runs,
         })
     );
+}
+
+/// Time per operator type over `runs` images (batch 1): where tract spends
+/// the backbone's time. Prints a markdown table.
+fn profile(bundle: &Bundle, runs: usize) {
+    use std::collections::HashMap;
+    use tract_onnx::prelude::*;
+    let p = bundle.manifest.preprocess;
+    let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
+    let model = Backbone::optimized(&bundle.onnx, shape, &bundle.manifest.layers).expect("model");
+    let plan = model.into_runnable().expect("plan");
+    let mut state = plan.spawn().expect("state");
+    let input = Tensor::from_shape(&shape, &vec![0.5f32; shape.iter().product()]).expect("input");
+    let mut per_op: HashMap<String, (f64, usize)> = HashMap::new();
+    let mut total = 0.0;
+    for i in 0..runs + 5 {
+        let t0 = Instant::now();
+        let mut times = vec![];
+        state
+            .run_plan_with_eval(tvec!(input.clone().into()), |ctx, st, node, inputs| {
+                let t = Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
+                times.push((node.op().name().to_string(), t.elapsed().as_secs_f64()));
+                r
+            })
+            .expect("run");
+        if i >= 5 {
+            total += t0.elapsed().as_secs_f64();
+            for (name, t) in times {
+                let e = per_op.entry(name).or_default();
+                e.0 += t;
+                e.1 += 1;
+            }
+        }
+    }
+    let mut rows: Vec<_> = per_op.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    println!("| operator | nodes | µs per image | share |\n| --- | --- | --- | --- |");
+    for (name, (t, n)) in rows {
+        println!("| {name} | {} | {:.1} | {:.1}% |", n / runs, t / runs as f64 * 1e6, 100.0 * t / total);
+    }
+    println!("| total (with dispatch) | | {:.1} | |", total / runs as f64 * 1e6);
 }

@@ -50,10 +50,33 @@ impl Backbone {
         layers: &[S],
     ) -> Result<Self, BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
+        let input_shape = [batch, channels, height, width];
+        let model = Self::optimized(onnx, input_shape, layers)?;
+        let mut dims = vec![];
+        for (i, name) in layers.iter().enumerate() {
+            let fact = model.output_fact(i).map_err(load)?;
+            let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
+            if shape.len() != 2 || shape[0] != batch || shape[1] == 0 {
+                return Err(BackboneError::OutputShape { name: name.as_ref().to_string(), shape });
+            }
+            dims.push(shape[1]);
+        }
+        let plan = model.into_runnable().map_err(load)?;
+        let state = Mutex::new(plan.spawn().map_err(load)?);
+        Ok(Backbone { state, batch, input_shape, dims })
+    }
+
+    /// The optimised graph `load` runs, for tools that drive tract
+    /// themselves (the latency bench's per-operator profile).
+    pub fn optimized<S: AsRef<str>>(
+        onnx: &[u8],
+        input_shape: [usize; 4],
+        layers: &[S],
+    ) -> Result<TypedModel, BackboneError> {
+        let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         if layers.is_empty() {
             return Err(BackboneError::NoLayers);
         }
-        let input_shape = [batch, channels, height, width];
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
             .map_err(load)?
@@ -71,19 +94,7 @@ impl Backbone {
             outlets.push(outlet);
         }
         model.select_output_outlets(&outlets).map_err(load)?;
-        let model = model.into_optimized().map_err(load)?;
-        let mut dims = vec![];
-        for (i, name) in layers.iter().enumerate() {
-            let fact = model.output_fact(i).map_err(load)?;
-            let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
-            if shape.len() != 2 || shape[0] != batch || shape[1] == 0 {
-                return Err(BackboneError::OutputShape { name: name.as_ref().to_string(), shape });
-            }
-            dims.push(shape[1]);
-        }
-        let plan = model.into_runnable().map_err(load)?;
-        let state = Mutex::new(plan.spawn().map_err(load)?);
-        Ok(Backbone { state, batch, input_shape, dims })
+        model.into_optimized().map_err(load)
     }
 
     /// Feature dimension: the sum of the layers' widths.
