@@ -989,7 +989,11 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         "stages": last,
         "final_accuracy": final_accuracy,
         "final_accuracies": finals,
-        // Per stage, the mean over the draws (`stages` holds the first draw).
+        // Means over the draws (`stages` holds the first draw).
+        "final_old_accuracy": stages.iter().map(|s| s.last().map_or(0.0, |x| x.old_accuracy)).sum::<f64>()
+            / stages.len() as f64,
+        "final_new_accuracy": stages.iter().map(|s| s.last().and_then(|x| x.new_accuracy).unwrap_or(0.0)).sum::<f64>()
+            / stages.len() as f64,
         "mean_stage_accuracy": (0..last.len())
             .map(|i| stages.iter().map(|s| s[i].accuracy).sum::<f64>() / stages.len() as f64)
             .collect::<Vec<_>>(),
