@@ -138,6 +138,19 @@ impl EfficientNet {
         self.head.forward(&h, train, true).adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 
+    /// Every block's output, globally pooled and concatenated in block
+    /// order, `[N, sum of block widths]`: the feature ensemble the bundles
+    /// use (ONNX outputs `features_0` .. `features_15`).
+    pub fn block_features_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut h = self.stem.forward(xs, train, true);
+        let mut pooled = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            h = b.forward(&h, train);
+            pooled.push(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1));
+        }
+        Tensor::cat(&pooled, 1)
+    }
+
     /// Logits, `[N, classes]`.
     pub fn logits_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.features_t(xs, train).dropout(self.arch.config.dropout, train).apply(&self.classifier)

@@ -1,5 +1,6 @@
 //! Parity between the tch network and its ONNX export run by tract: the same
-//! inputs through both, the largest absolute difference of the features.
+//! inputs through both, the largest absolute difference of the features:
+//! the last layer and every block's pooled output (the feature ensemble).
 
 use crate::arch::Arch;
 use crate::net::EfficientNet;
@@ -35,10 +36,12 @@ pub fn calibrate_batch_norm(net: &EfficientNet, inputs: &Tensor, rounds: usize) 
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct ParityReport {
+    /// Largest absolute difference over every compared layer.
     pub max_abs_diff: f32,
-    /// Largest absolute feature value (tch): the scale the difference is
-    /// judged against.
+    /// The smallest of the layers' scales (largest absolute tch value of
+    /// each): if activations died out anywhere, it shows here.
     pub feature_scale: f32,
+    /// The worst layer's difference relative to its own scale.
     pub relative: f32,
 }
 
@@ -46,7 +49,9 @@ pub struct ParityReport {
 pub fn check(arch: &Arch, net: &EfficientNet, vs: &nn::VarStore, inputs: &Tensor) -> anyhow::Result<ParityReport> {
     let size = inputs.size();
     let (n, c, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize);
-    let want = tch::no_grad(|| net.features_t(inputs, false)).to_kind(Kind::Float).contiguous();
+    let want = tch::no_grad(|| Tensor::cat(&[net.features_t(inputs, false), net.block_features_t(inputs, false)], 1))
+        .to_kind(Kind::Float)
+        .contiguous();
     let want: Vec<f32> = {
         let len = want.numel();
         let mut v = vec![0f32; len];
@@ -56,9 +61,11 @@ pub fn check(arch: &Arch, net: &EfficientNet, vs: &nn::VarStore, inputs: &Tensor
     let onnx = onnx::export(
         arch,
         &weights_of(vs),
-        &ExportOptions { height: h, width: w, logits: false, block_features: vec![] },
+        &ExportOptions { height: h, width: w, logits: false, block_features: (0..arch.blocks.len()).collect() },
     )?;
-    let backbone = Backbone::load(&onnx, n, c, h, w, &["features"])?;
+    let mut layers = vec!["features".to_string()];
+    layers.extend(crate::fit::block_layers(arch.blocks.len()));
+    let backbone = Backbone::load(&onnx, n, c, h, w, &layers)?;
     let input: Vec<f32> = {
         let t = inputs.to_kind(Kind::Float).contiguous();
         let len = t.numel();
@@ -68,7 +75,22 @@ pub fn check(arch: &Arch, net: &EfficientNet, vs: &nn::VarStore, inputs: &Tensor
     };
     let got = backbone.features(&input)?;
     anyhow::ensure!(got.len() == want.len(), "tract gave {} values, tch {}", got.len(), want.len());
-    let max_abs_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    let feature_scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-    Ok(ParityReport { max_abs_diff, feature_scale, relative: max_abs_diff / feature_scale.max(f32::MIN_POSITIVE) })
+    // Each layer is judged against its own scale, so a large block output
+    // cannot hide an error in a small one; the report keeps the worst.
+    let mut report = ParityReport { max_abs_diff: 0.0, feature_scale: f32::INFINITY, relative: 0.0 };
+    let (d, dims) = (backbone.dim(), backbone.layer_dims().to_vec());
+    let mut start = 0;
+    for width in dims {
+        let cols = |v: &[f32]| -> Vec<f32> {
+            v.chunks_exact(d).flat_map(|row| row[start..start + width].iter().copied()).collect::<Vec<_>>()
+        };
+        let (g, w) = (cols(&got), cols(&want));
+        let diff = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let scale = w.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        report.max_abs_diff = report.max_abs_diff.max(diff);
+        report.feature_scale = report.feature_scale.min(scale);
+        report.relative = report.relative.max(diff / scale.max(f32::MIN_POSITIVE));
+        start += width;
+    }
+    Ok(report)
 }
