@@ -30,10 +30,10 @@ suite() { # PREFIX BUNDLE DATASET DATA
   run "$p-last-oas" "$b" "$d" "$data" --layers features --estimator pooled --oas
   run "$p-last-cl2n" "$b" "$d" "$data" --layers features --estimator pooled --shrinkage 1e-6 --transform cl2n
   run "$p-last-tukey" "$b" "$d" "$data" --layers features --estimator pooled --shrinkage 1e-6 --transform tukey
-  run "$p-blocks-plain" "$b" "$d" "$data" --transform none
+  run "$p-blocks-plain" "$b" "$d" "$data" --transform none --shrinkage 1e-6
   run "$p-blocks-shrink1e-4" "$b" "$d" "$data" --shrinkage 1e-4
   run "$p-blocks-shrink1e-6" "$b" "$d" "$data" --shrinkage 1e-6
-  run "$p-blocks-tukey-cl2n" "$b" "$d" "$data" --transform tukey-cl2n
+  run "$p-blocks-tukey-cl2n" "$b" "$d" "$data" --transform tukey-cl2n --shrinkage 1e-6
   run "$p-default" "$b" "$d" "$data"
   run "$p-default-logcount" "$b" "$d" "$data" --prior log-count
   for k in 5 20 100; do
