@@ -234,10 +234,8 @@ pub fn resolve_layers(onnx: &[u8], asked: &[String]) -> Result<Vec<String>> {
     let mut out = vec![];
     for name in asked {
         if name == "blocks" {
-            let mut blocks: Vec<(usize, String)> = outputs
-                .iter()
-                .filter_map(|o| o.strip_prefix("features_")?.parse().ok().map(|i: usize| (i, o.clone())))
-                .collect();
+            let mut blocks: Vec<(usize, String)> =
+                outputs.iter().filter_map(|o| Some((crate::onnx::block_index(o)?, o.clone()))).collect();
             if blocks.is_empty() {
                 bail!("`blocks`: the backbone exports no block outputs (features_<i>); outputs: {outputs:?}");
             }
@@ -276,7 +274,7 @@ pub fn recommended_head() -> HeadDefaults {
 
 /// Outputs `features_0` .. `features_{blocks-1}`: the recommended layers.
 pub fn block_layers(blocks: usize) -> Vec<String> {
-    (0..blocks).map(|i| format!("features_{i}")).collect()
+    (0..blocks).map(crate::onnx::block_output).collect()
 }
 
 /// Writes a bundle folder: the backbone, the head's statistics, the manifest.

@@ -86,6 +86,16 @@ impl Weights {
     }
 }
 
+/// Name of the output holding block `index`'s pooled output.
+pub fn block_output(index: usize) -> String {
+    format!("features_{index}")
+}
+
+/// The block index of a [`block_output`] name.
+pub fn block_index(name: &str) -> Option<usize> {
+    name.strip_prefix("features_")?.parse().ok()
+}
+
 /// What the exported graph computes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportOptions {
@@ -275,7 +285,7 @@ pub fn export(arch: &Arch, weights: &Weights, opts: &ExportOptions) -> Result<Ve
             y = g.node("Add", &[&y, &x], vec![], "residual");
         }
         if opts.block_features.contains(&index) {
-            let name = format!("features_{index}");
+            let name = block_output(index);
             g.pool_flatten(&y, &name);
             extra_outputs.push((name, b.output));
         }
@@ -283,7 +293,7 @@ pub fn export(arch: &Arch, weights: &Weights, opts: &ExportOptions) -> Result<Ve
     }
     let last = arch.blocks.last().map(|b| b.output).unwrap_or(arch.stem);
     h = g.conv_bn(&h, &format!("features.{}", arch.head_index), (last, arch.head, 1), 1, 1, true)?;
-    let features = g.pool_flatten(&h, "features");
+    let features = g.pool_flatten(&h, gaussedge_device::bundle::DEFAULT_LAYER);
     let mut outputs = vec![value_info(&features, &[None, Some(arch.head)])];
     for (name, dim) in &extra_outputs {
         outputs.push(value_info(name, &[None, Some(*dim)]));

@@ -63,7 +63,7 @@ pub fn check(arch: &Arch, net: &EfficientNet, vs: &nn::VarStore, inputs: &Tensor
         &weights_of(vs),
         &ExportOptions { height: h, width: w, logits: false, block_features: (0..arch.blocks.len()).collect() },
     )?;
-    let mut layers = vec!["features".to_string()];
+    let mut layers = gaussedge_device::bundle::default_layers();
     layers.extend(crate::fit::block_layers(arch.blocks.len()));
     let backbone = Backbone::load(&onnx, n, c, h, w, &layers)?;
     let input: Vec<f32> = {

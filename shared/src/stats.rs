@@ -54,9 +54,11 @@ pub struct Preprocess {
 /// How the pooled accumulator is stored. The head always accumulates in
 /// f64; `F32` halves the file (the accumulator is `D(D+1)/2` values, 13 MB
 /// at D = 1808 in f64) for bundles and link transfers, at a relative
-/// rounding of 6e-8 per entry, far below the shrinkage the head applies
-/// (1e-6 of the mean variance and up). Device persistence keeps `F64`, so a
-/// restart reproduces every score exactly.
+/// rounding of 6e-8 per entry. That rounding can outweigh a very small
+/// ridge (a shrinkage of 1e-6 failed to factor on one backbone; 1e-5 is
+/// the bundles' default), and such a file is refused with a typed error.
+/// Device persistence keeps `F64`, so a restart reproduces every score
+/// exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Precision {
     #[default]

@@ -142,15 +142,19 @@ fn merge_of_two_devices_equals_one_device_learning_both() {
     assert_eq!(m.scatter_norm(), w.scatter_norm());
 }
 
+/// `gaussedge eval` on the fixture bundle: base 0-2, then 3, 4, 5 added.
+fn eval_on_fixture() -> [&'static str; 11] {
+    let f = fixture();
+    let (bundle, data) = (f.bundle.to_str().unwrap(), f.data.to_str().unwrap());
+    ["eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5"]
+}
+
 #[test]
 fn eval_in_process_and_through_a_device_agree() {
-    let f = fixture();
     let work = tempfile::tempdir().unwrap();
-    let data = f.data.to_str().unwrap();
-    let bundle = f.bundle.to_str().unwrap();
     let json = work.path().join("eval.json");
     let plot = work.path().join("eval.png");
-    let eval = ["eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5"];
+    let eval = eval_on_fixture();
     let out = ok(&[&eval[..], &["--json", json.to_str().unwrap(), "--plot", plot.to_str().unwrap()]].concat());
     assert!(out.contains("final 10-class accuracy"), "{out}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -172,9 +176,7 @@ fn eval_in_process_and_through_a_device_agree() {
 fn eval_levers_and_layers_change_the_head_and_bad_layers_are_named() {
     let f = fixture();
     let work = tempfile::tempdir().unwrap();
-    let data = f.data.to_str().unwrap();
-    let bundle = f.bundle.to_str().unwrap();
-    let eval = ["eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data, "--base", "0-2", "--add", "3,4,5"];
+    let eval = eval_on_fixture();
     let report = |extra: &[&str]| -> serde_json::Value {
         let json = work.path().join("lever.json");
         ok(&[&eval[..], extra, &["--json", json.to_str().unwrap()]].concat());
