@@ -40,6 +40,10 @@ suite() { # PREFIX BUNDLE DATASET DATA
     run "$p-shots$k" "$b" "$d" "$data" --shots "$k" --draws 5
   done
   run "$p-shots5-logcount" "$b" "$d" "$data" --shots 5 --draws 5 --prior log-count
+  run "$p-default-nodebias" "$b" "$d" "$data" --debias off
+  for k in 5 20 100; do
+    run "$p-shots$k-nodebias" "$b" "$d" "$data" --shots "$k" --draws 5 --debias off
+  done
 }
 
 if [ "$which" = all ] || [ "$which" = cifar10 ]; then

@@ -355,6 +355,12 @@ pub enum EstimatorArg {
     Pooled,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum PriorArg {
     Uniform,
@@ -390,6 +396,10 @@ pub struct HeadArgs {
     oas: bool,
     #[arg(long, value_enum)]
     prior: Option<PriorArg>,
+    /// Subtract each class mean's estimated noise from its distances
+    /// (`on`), or score with the raw means (`off`, the seed's way).
+    #[arg(long, value_enum)]
+    debias: Option<Switch>,
     #[arg(long, value_enum)]
     transform: Option<TransformArg>,
     /// Backbone outputs whose concatenation is the feature vector, e.g.
@@ -417,6 +427,9 @@ impl HeadArgs {
                 PriorArg::Uniform => Prior::Uniform,
                 PriorArg::LogCount => Prior::LogCount,
             };
+        }
+        if let Some(d) = self.debias {
+            h.settings.debias = d == Switch::On;
         }
         if let Some(t) = self.transform {
             let tukey = Some(Power { shift: 0.3, exponent: 0.5 });
@@ -825,7 +838,13 @@ fn stats_info(file: &Path) -> Result<()> {
     let mut head = gaussedge_shared::GaussianHead::with_capacity(config)?;
     stats::load(&mut head, &bytes, &stats::Expect::default())?;
     for (slot, c) in head.classes() {
-        println!("class {slot}: {:?} ({} samples)", c.label.as_str(), c.count);
+        println!(
+            "class {slot}: {:?} ({} samples, spread {:.4e}, mean noise {:.4e})",
+            c.label.as_str(),
+            c.count,
+            head.spread(slot),
+            head.noise(slot)
+        );
     }
     Ok(())
 }

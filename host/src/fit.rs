@@ -168,6 +168,9 @@ pub fn learn_class(
 
 /// A head fitted on `classes`: rows of `features` (`n * d`) labelled by
 /// `labels`; the `center_l2` centre, if any, is the mean over those classes.
+/// Each class's spread is then re-measured from its rows in the final
+/// metric, as a device cannot (it keeps no samples): learned one after the
+/// other, the first class would have none and the others partial metrics.
 #[allow(clippy::too_many_arguments)]
 pub fn fit_head(
     d: usize,
@@ -183,7 +186,35 @@ pub fn fit_head(
     for &c in classes {
         learn_class(&mut h, label_of(c), &rows_of(features, labels, d, c))?;
     }
+    for &c in classes {
+        let slot = h.find(&label_of(c)).context("fitted class")?;
+        let spread = whitened_total(&h, slot, &rows_of(features, labels, d, c))?;
+        h.set_spread(slot, spread)?;
+    }
     Ok(h)
+}
+
+/// `sum_i |L^-1 (t(x_i) - m_slot)|^2` over the rows of `rows`, on every core.
+pub fn whitened_total(head: &GaussianHead<OwnedStorage>, slot: usize, rows: &[f32]) -> Result<f64> {
+    let d = head.dim();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = rows.len().div_ceil(d).div_ceil(threads).max(1) * d;
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = rows
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || -> Result<f64> {
+                    let mut scratch = vec![0f64; 2 * d];
+                    let mut sum = 0.0;
+                    for x in part.chunks_exact(d) {
+                        sum += head.whitened_sq(slot, x, &mut scratch)?;
+                    }
+                    Ok(sum)
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().map_err(|_| anyhow::anyhow!("spread thread panicked"))?).sum()
+    })
 }
 
 /// Rows of `features` (`n * d`) whose label is `class`.
@@ -267,7 +298,7 @@ pub fn recommended_head() -> HeadDefaults {
     use gaussedge_shared::{HeadSettings, Prior, Regularizer, Weighting};
     HeadDefaults {
         weighting: Weighting::Count,
-        settings: HeadSettings { regularizer: Regularizer::Shrinkage(1e-5), prior: Prior::Uniform },
+        settings: HeadSettings { regularizer: Regularizer::Shrinkage(1e-5), prior: Prior::Uniform, debias: true },
         transform: Transform { power: None, center_l2: true },
     }
 }

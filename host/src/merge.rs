@@ -8,9 +8,9 @@
 //! scatter gains `sum_i n_i (m_i - m)(m_i - m)^T` (count weighting only).
 
 use anyhow::{bail, ensure, Result};
-use gaussedge_shared::head::{GaussianHead, HeadConfig, Label, OwnedStorage};
+use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
 use gaussedge_shared::linalg::syr;
-use gaussedge_shared::stats::{self, StatsHeader};
+use gaussedge_shared::stats::{self, ClassRecord, StatsHeader};
 use gaussedge_shared::Weighting;
 use std::collections::BTreeMap;
 
@@ -52,9 +52,14 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
         ensure!(parsed.iter().all(|p| p.head.center() == c), "files use different centres");
     }
 
-    let base_classes: BTreeMap<String, (u64, Vec<f64>)> = base
+    let base_classes: BTreeMap<String, Part> = base
         .as_ref()
-        .map(|b| b.head.classes().map(|(s, c)| (c.label.to_string(), (c.count, b.head.mean(s).to_vec()))).collect())
+        .map(|b| {
+            b.head
+                .classes()
+                .map(|(s, c)| (c.label.to_string(), (c.count, b.head.spread(s), b.head.mean(s).to_vec())))
+                .collect()
+        })
         .unwrap_or_default();
     let extra = parsed.len() as f64 - 1.0;
     let mut pooled = vec![0f64; parsed[0].head.pooled().len()];
@@ -69,17 +74,17 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
     }
 
     // Summaries per label, skipping unchanged copies of base classes.
-    let mut classes: BTreeMap<String, Vec<(u64, Vec<f64>)>> = BTreeMap::new();
+    let mut classes: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     let mut order: Vec<String> = vec![];
     for p in &parsed {
         for (slot, c) in p.head.classes() {
             let label = c.label.to_string();
             let mean = p.head.mean(slot).to_vec();
-            if let Some((n, m)) = base_classes.get(&label) {
-                if *n == c.count && *m == mean {
+            if let Some(b) = base_classes.get(&label) {
+                if b.0 == c.count && b.2 == mean {
                     if !order.contains(&label) {
                         order.push(label.clone());
-                        classes.insert(label, vec![(*n, m.clone())]);
+                        classes.insert(label, vec![b.clone()]);
                     }
                     continue;
                 }
@@ -88,16 +93,16 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
             if !order.contains(&label) {
                 order.push(label.clone());
             }
-            classes.entry(label).or_default().push((c.count, mean));
+            classes.entry(label).or_default().push((c.count, p.head.spread(slot), mean));
         }
     }
-    let mut merged: Vec<(Label, u64, Vec<f64>)> = vec![];
+    let mut merged: Vec<(ClassRecord, Vec<f64>)> = vec![];
     let mut delta = vec![0f64; d];
     for label in &order {
         let parts = &classes[label];
-        let n: u64 = parts.iter().map(|(c, _)| c).sum();
+        let n: u64 = parts.iter().map(|(c, _, _)| c).sum();
         let mut mean = vec![0f64; d];
-        for (c, m) in parts {
+        for (c, _, m) in parts {
             mean.iter_mut().zip(m).for_each(|(a, v)| *a += *c as f64 / n as f64 * v);
         }
         if parts.len() > 1 {
@@ -105,7 +110,7 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
                 first.weighting == Weighting::Count,
                 "class {label:?} was learned on several devices; that merge needs count weighting"
             );
-            for (c, m) in parts {
+            for (c, _, m) in parts {
                 delta.iter_mut().zip(m.iter().zip(&mean)).for_each(|(dl, (a, b))| *dl = a - b);
                 syr(&mut pooled, *c as f64, &delta);
             }
@@ -114,7 +119,10 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
             norm += (parts.len() - 1) as f64;
         }
         let l = gaussedge_shared::label(label).ok_or_else(|| anyhow::anyhow!("bad label {label:?}"))?;
-        merged.push((l, n, mean));
+        // The spreads add; the parts' offsets from the merged mean are
+        // added in the merged metric once the head is built, below.
+        let spread = parts.iter().map(|(_, s, _)| s).sum();
+        merged.push((ClassRecord { label: l, count: n, spread }, mean));
     }
     let header = StatsHeader {
         classes: merged.len() as u32,
@@ -124,7 +132,7 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
         scatter_precision: stats::Precision::F64,
         ..*first
     };
-    let refs: Vec<(Label, u64, &[f64])> = merged.iter().map(|(l, n, m)| (l.clone(), *n, m.as_slice())).collect();
+    let refs: Vec<(ClassRecord, &[f64])> = merged.iter().map(|(r, m)| (r.clone(), m.as_slice())).collect();
     let center = first.transform.center_l2.then(|| parsed[0].head.center().to_vec());
     let bytes = stats::encode_parts(&header, &refs, center.as_deref(), &pooled);
     let mut head = GaussianHead::with_capacity(HeadConfig {
@@ -135,5 +143,19 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
         transform: first.transform,
     })?;
     stats::load(&mut head, &bytes, &stats::Expect::default())?;
+    for (slot, (record, mean)) in merged.iter().enumerate() {
+        let parts = &classes[record.label.as_str()];
+        if parts.len() > 1 {
+            let mut spread = record.spread;
+            for (c, _, m) in parts {
+                delta.iter_mut().zip(m.iter().zip(mean)).for_each(|(dl, (a, b))| *dl = a - b);
+                spread += *c as f64 * head.mahalanobis_sq(&mut delta)?;
+            }
+            head.set_spread(slot, spread)?;
+        }
+    }
     Ok(head)
 }
+
+/// Count, whitened spread and mean of one class in one file.
+type Part = (u64, f64, Vec<f64>);

@@ -48,6 +48,12 @@ impl Prior {
 pub struct HeadSettings {
     pub regularizer: Regularizer,
     pub prior: Prior,
+    /// Subtract from each class's squared distances the noise energy of its
+    /// estimated mean (see [`crate::head::GaussianHead::spread`]). Matters
+    /// for classes learned from a few samples; off in the seed estimator.
+    /// Manifests written before it existed read as off.
+    #[serde(default)]
+    pub debias: bool,
 }
 
 /// Tukey's power transform `x -> max(x + shift, 0)^exponent`. SiLU features
@@ -125,8 +131,12 @@ impl Estimator {
 
     pub fn settings(self) -> HeadSettings {
         match self {
-            Estimator::Seed => HeadSettings { regularizer: Regularizer::Ridge(1e-6), prior: Prior::LogCount },
-            Estimator::Pooled => HeadSettings { regularizer: Regularizer::Shrinkage(1e-4), prior: Prior::Uniform },
+            Estimator::Seed => {
+                HeadSettings { regularizer: Regularizer::Ridge(1e-6), prior: Prior::LogCount, debias: false }
+            }
+            Estimator::Pooled => {
+                HeadSettings { regularizer: Regularizer::Shrinkage(1e-4), prior: Prior::Uniform, debias: true }
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //! | format version | u16, 2 bytes |
 //! | total file length | u64, 8 bytes |
 //! | [`StatsHeader`] | postcard |
-//! | per class: label, count | postcard ([`ClassRecord`]) |
+//! | per class: label, count, spread | postcard ([`ClassRecord`]) |
 //! | per class: mean | postcard sequence of `D` f64 |
 //! | centre (only with the `center_l2` transform) | postcard sequence of `D` f64 |
 //! | pooled accumulator, packed lower triangle | postcard sequence of `D(D+1)/2` f64, or f32 (see [`Precision`]) |
@@ -31,8 +31,9 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"GEHS";
-/// Version 2 added [`StatsHeader::scatter_precision`].
-pub const VERSION: u16 = 2;
+/// Version 2 added [`StatsHeader::scatter_precision`]; version 3 added
+/// [`ClassRecord::spread`] and [`HeadSettings::debias`].
+pub const VERSION: u16 = 3;
 const PREFIX: usize = 4 + 2 + 8;
 /// Slice-by-16 tables (16 KiB of read-only data): statistics files are
 /// megabytes, and the byte-wise table would make the CRC the slowest part of
@@ -95,11 +96,13 @@ pub struct StatsHeader {
     pub scatter_precision: Precision,
 }
 
-/// Label and sample count of one class; its mean follows.
+/// Label, sample count and whitened spread of one class; its mean follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassRecord {
     pub label: Label,
     pub count: u64,
+    /// [`GaussianHead::spread`]: finite and non-negative.
+    pub spread: f64,
 }
 
 /// What a file records besides the head: the backbone the statistics belong
@@ -210,8 +213,8 @@ pub fn encoded_len<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> u64 
     let header = header_of(head, meta);
     let d = head.dim();
     let mut n = PREFIX as u64 + postcard_len(&header);
-    for (_, slot) in head.classes() {
-        n += postcard_len(&ClassRecord { label: slot.label.clone(), count: slot.count });
+    for (i, slot) in head.classes() {
+        n += postcard_len(&ClassRecord { label: slot.label.clone(), count: slot.count, spread: head.spread(i) });
         n += seq_len(d);
     }
     if header.transform.center_l2 {
@@ -238,7 +241,7 @@ pub fn write<S: Storage, E>(
     w.put(&total.to_le_bytes())?;
     w.item(&header)?;
     for (slot, entry) in head.classes() {
-        w.item(&ClassRecord { label: entry.label.clone(), count: entry.count })?;
+        w.item(&ClassRecord { label: entry.label.clone(), count: entry.count, spread: head.spread(slot) })?;
         w.f64s(head.mean(slot))?;
     }
     if header.transform.center_l2 {
@@ -317,7 +320,7 @@ pub fn to_vec<S: Storage>(
 #[cfg(feature = "alloc")]
 pub fn encode_parts(
     header: &StatsHeader,
-    classes: &[(Label, u64, &[f64])],
+    classes: &[(ClassRecord, &[f64])],
     center: Option<&[f64]>,
     pooled: &[f64],
 ) -> alloc::vec::Vec<u8> {
@@ -325,8 +328,8 @@ pub fn encode_parts(
     header.classes = classes.len() as u32;
     let d = header.dim as usize;
     let mut total = PREFIX as u64 + postcard_len(&header) + seq_len_as(tri_len(d), header.scatter_precision) + 4;
-    for (label, count, _) in classes {
-        total += postcard_len(&ClassRecord { label: label.clone(), count: *count }) + seq_len(d);
+    for (record, _) in classes {
+        total += postcard_len(record) + seq_len(d);
     }
     if header.transform.center_l2 {
         total += seq_len(d);
@@ -342,8 +345,8 @@ pub fn encode_parts(
         w.put(&VERSION.to_le_bytes())?;
         w.put(&total.to_le_bytes())?;
         w.item(&header)?;
-        for (label, count, mean) in classes {
-            w.item(&ClassRecord { label: label.clone(), count: *count })?;
+        for (record, mean) in classes {
+            w.item(record)?;
             w.f64s(mean)?;
         }
         if header.transform.center_l2 {
@@ -489,7 +492,7 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
     let classes = c.rest;
     for i in 0..n {
         let rec: ClassRecord = c.item("class record")?;
-        if rec.label.is_empty() || rec.count == 0 {
+        if rec.label.is_empty() || rec.count == 0 || !rec.spread.is_finite() || rec.spread < 0.0 {
             return Err(StatsError::Malformed("class record"));
         }
         c.f64s(d, None, "class mean")?;
@@ -539,7 +542,7 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
             left -= 1;
             let rec: ClassRecord = records.item("class record").ok()?;
             records.f64s(d, Some(mean), "class mean").ok()?;
-            Some((rec.label, rec.count))
+            Some((rec.label, rec.count, rec.spread))
         },
     )?;
     Ok(header)

@@ -27,7 +27,7 @@ use crate::stats::Preprocess;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest data chunk in one message. 4 KiB holds a CIFAR (3 KiB) or
 /// Fashion-MNIST (784 B) frame in a single message.
 pub const MAX_CHUNK: usize = 4096;

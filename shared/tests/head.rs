@@ -97,12 +97,56 @@ fn seed_estimator_reproduces_the_write_up_formulas() {
     }
 }
 
-/// LDA with a count-weighted pooled covariance, regularised, in f64.
+/// LDA with a count-weighted pooled covariance, regularised, in f64:
+/// class means, the inverse covariance, and per class its log prior plus,
+/// with `debias`, half its mean's noise energy `spread / (n (n - 1))`
+/// (see [`reference_spread`]).
 fn pooled_reference(
     classes: &[Vec<Vec<f32>>],
     reg: Regularizer,
     prior: Prior,
-) -> (Vec<DVector<f64>>, DMatrix<f64>, Vec<f64>) {
+    debias: bool,
+) -> (Vec<DVector<f64>>, DMatrix<f64>, Vec<f64>, Vec<f64>) {
+    let (means, inv, priors, _) = pooled_lda(classes, reg, prior);
+    let noise: Vec<f64> = (0..classes.len())
+        .map(|c| {
+            let n = classes[c].len() as f64;
+            if !debias || n < 2.0 {
+                return 0.0;
+            }
+            reference_spread(classes, c, reg) / (n * (n - 1.0))
+        })
+        .collect();
+    let offsets = priors.iter().zip(&noise).map(|(p, e)| p + 0.5 * e).collect();
+    (means, inv, offsets, noise)
+}
+
+/// The spread of class `c` learned after classes `..c`: its scatter's trace
+/// `t` in the covariance of those classes (normaliser `z`), carried into the
+/// covariance after its commit (normaliser `z'`, kept fraction `k`) as
+/// `z' t / (z + k t / r)` with `r = min(n - 1, D)`; `z' r / k` for the first.
+fn reference_spread(classes: &[Vec<Vec<f32>>], c: usize, reg: Regularizer) -> f64 {
+    let d = classes[0][0].len();
+    let (_, cov, n) = class_moments(&classes[c]);
+    let z: f64 = classes[..c].iter().map(|s| (s.len() - 1) as f64).sum();
+    let z_new = z + (n - 1) as f64;
+    let (_, _, _, keep) = pooled_lda(&classes[..=c], reg, Prior::Uniform);
+    let r = (n - 1).min(d) as f64;
+    if c == 0 {
+        return z_new * r / keep;
+    }
+    let (_, prev_inv, _, _) = pooled_lda(&classes[..c], reg, Prior::Uniform);
+    let t = (prev_inv * cov * n as f64).trace();
+    z_new * t / (z + keep * t / r)
+}
+
+/// Means, inverse regularised covariance, log priors, and the fraction of
+/// the covariance the regulariser keeps.
+fn pooled_lda(
+    classes: &[Vec<Vec<f32>>],
+    reg: Regularizer,
+    prior: Prior,
+) -> (Vec<DVector<f64>>, DMatrix<f64>, Vec<f64>, f64) {
     let d = classes[0][0].len();
     let mut scatter = DMatrix::zeros(d, d);
     let (mut total, mut means, mut counts) = (0usize, vec![], vec![]);
@@ -115,19 +159,19 @@ fn pooled_reference(
     }
     let sigma = scatter / (total - classes.len()) as f64;
     let mu = sigma.trace() / d as f64;
-    let reg_sigma = match reg {
-        Regularizer::Ridge(l) => &sigma + DMatrix::identity(d, d) * l,
-        Regularizer::Shrinkage(a) => &sigma * (1.0 - a) + DMatrix::identity(d, d) * (a * mu),
+    let (reg_sigma, keep) = match reg {
+        Regularizer::Ridge(l) => (&sigma + DMatrix::identity(d, d) * l, 1.0),
+        Regularizer::Shrinkage(a) => (&sigma * (1.0 - a) + DMatrix::identity(d, d) * (a * mu), 1.0 - a),
         Regularizer::Oas => {
             // scikit-learn's OAS on the dense matrix.
             let alpha = sigma.iter().map(|v| v * v).sum::<f64>() / (d * d) as f64;
             let n = (total - classes.len()) as f64;
             let a = ((alpha + mu * mu) / ((n + 1.0) * (alpha - mu * mu / d as f64))).min(1.0);
-            &sigma * (1.0 - a) + DMatrix::identity(d, d) * (a * mu)
+            (&sigma * (1.0 - a) + DMatrix::identity(d, d) * (a * mu), 1.0 - a)
         }
     };
     let priors = counts.iter().map(|&n| if prior == Prior::LogCount { n.ln() } else { 0.0 }).collect();
-    (means, reg_sigma.try_inverse().unwrap(), priors)
+    (means, reg_sigma.try_inverse().unwrap(), priors, keep)
 }
 
 #[test]
@@ -135,12 +179,16 @@ fn pooled_estimators_match_the_f64_reference() {
     let dim = 20;
     let data = gaussian_classes(dim, &[50, 70, 5, 40], 11);
     let test: Vec<&Vec<f32>> = data.iter().flatten().collect();
-    for reg in [Regularizer::Shrinkage(0.0), Regularizer::Shrinkage(0.2), Regularizer::Ridge(0.5), Regularizer::Oas] {
-        for prior in [Prior::Uniform, Prior::LogCount] {
-            let settings = HeadSettings { regularizer: reg, prior };
+    let cases = [Regularizer::Shrinkage(0.0), Regularizer::Shrinkage(0.2), Regularizer::Ridge(0.5), Regularizer::Oas]
+        .into_iter()
+        .flat_map(|r| [Prior::Uniform, Prior::LogCount].map(move |p| (r, p)))
+        .flat_map(|(r, p)| [false, true].map(move |d| (r, p, d)));
+    for (reg, prior, debias) in cases {
+        {
+            let settings = HeadSettings { regularizer: reg, prior, debias };
             let mut head = head(dim, 4, Weighting::Count, settings);
             learn_all(&mut head, &data, 0);
-            let (means, inv, priors) = pooled_reference(&data, reg, prior);
+            let (means, inv, priors, noise) = pooled_reference(&data, reg, prior, debias);
             let mut scores = vec![0.0; 4];
             for x in &test {
                 let p = head.predict(x, Some(&mut scores)).unwrap();
@@ -153,15 +201,109 @@ fn pooled_estimators_match_the_f64_reference() {
                         w.dot(&xv) - 0.5 * w.dot(m) + lp
                     })
                     .collect();
-                let novelty = means.iter().map(|m| (&xv - m).dot(&(&inv * (&xv - m)))).fold(f64::INFINITY, f64::min);
+                let novelty = means
+                    .iter()
+                    .zip(&noise)
+                    .map(|(m, e)| ((&xv - m).dot(&(&inv * (&xv - m))) - e).max(0.0))
+                    .fold(f64::INFINITY, f64::min);
                 for c in 0..4 {
-                    assert!((scores[c] - want[c]).abs() <= 1e-7 * (1.0 + want[c].abs()), "{reg:?} {prior:?}");
+                    assert!((scores[c] - want[c]).abs() <= 1e-7 * (1.0 + want[c].abs()), "{reg:?} {prior:?} {debias}");
                 }
                 assert!((p.novelty - novelty).abs() <= 1e-7 * (1.0 + novelty), "novelty {} vs {novelty}", p.novelty);
                 assert_eq!(p.class, argmax(&want));
             }
         }
     }
+}
+
+#[test]
+fn spreads_match_the_reference_when_extending_and_remeasuring() {
+    let dim = 10;
+    let data = gaussian_classes(dim, &[40, 60], 13);
+    let settings = Estimator::Pooled.settings();
+    let reg = settings.regularizer;
+    let (first, rest) = data[1].split_at(25);
+    let mut h = head(dim, 3, Weighting::Count, settings);
+    learn_all(&mut h, &data[..1], 0);
+    let keep = 1.0 - 1e-4;
+    // No metric before the first class: all of its (rank 10) scatter is new.
+    assert!((h.spread(0) - 39.0 * 10.0 / keep).abs() < 1e-9, "{}", h.spread(0));
+    h.begin(label("c1").unwrap()).unwrap();
+    learn_samples(&mut h, first);
+    h.commit().unwrap();
+    h.begin_extend(label("c1").unwrap()).unwrap();
+    learn_samples(&mut h, rest);
+    h.commit().unwrap();
+
+    // Each part's whitened trace in the metric committed while it was
+    // learned (the extension's with the merge's cross term
+    // n1 n2 / n d' Sigma_B^-1 d), carried into the metric after its commit.
+    let (_, inv_a, _, _) = pooled_lda(&data[..1], reg, Prior::Uniform);
+    let (_, inv_b, _, _) = pooled_lda(&[data[0].clone(), first.to_vec()], reg, Prior::Uniform);
+    let (m1, c1, n1) = class_moments(first);
+    let (m2, c2, n2) = class_moments(rest);
+    let (n1, n2) = (n1 as f64, n2 as f64);
+    let d = &m2 - &m1;
+    let t1 = (&inv_a * c1 * n1).trace();
+    let t2 = (&inv_b * c2 * n2).trace() + n1 * n2 / (n1 + n2) * d.dot(&(&inv_b * &d));
+    let (z_a, z_b, z_c) = (39.0, 39.0 + 24.0, 39.0 + 59.0);
+    let want = z_b * t1 / (z_a + keep * t1 / 10.0) + z_c * t2 / (z_b + keep * t2 / 10.0);
+    assert!((h.spread(1) - want).abs() <= 1e-9 * want, "{} vs {want}", h.spread(1));
+    let n = n1 + n2;
+    assert!((h.noise(1) - want / (n * (n - 1.0))).abs() <= 1e-9 * want);
+
+    // Re-measured from the samples in the final metric.
+    let (_, inv, _, _) = pooled_lda(&data, reg, Prior::Uniform);
+    let mut scratch = vec![0.0; 2 * dim];
+    for (slot, samples) in data.iter().enumerate() {
+        let total: f64 = samples.iter().map(|x| h.whitened_sq(slot, x, &mut scratch).unwrap()).sum();
+        let (_, cov, n) = class_moments(samples);
+        let want = (&inv * cov * n as f64).trace();
+        assert!((total - want).abs() <= 1e-9 * want, "{total} vs {want}");
+        let (mut before, mut after) = (vec![0.0; 3], vec![0.0; 3]);
+        let old_noise = h.noise(slot);
+        h.predict(&samples[0], Some(&mut before)).unwrap();
+        h.set_spread(slot, total).unwrap();
+        h.predict(&samples[0], Some(&mut after)).unwrap();
+        assert_eq!(h.spread(slot), total);
+        let shift = 0.5 * (h.noise(slot) - old_noise);
+        assert!((after[slot] - before[slot] - shift).abs() <= 1e-9 * (1.0 + before[slot].abs()));
+        assert_eq!(after[1 - slot], before[1 - slot], "other classes keep their scores");
+    }
+    assert_eq!(h.set_spread(0, -1.0), Err(HeadError::NonFinite));
+    assert_eq!(h.set_spread(2, 1.0), Err(HeadError::NoClasses));
+    h.begin(label("c2").unwrap()).unwrap();
+    assert!(matches!(h.set_settings(settings), Err(HeadError::Busy(_))), "the metric is fixed while learning");
+}
+
+#[test]
+fn a_few_shot_spread_is_close_to_the_exact_trace_after_commit() {
+    // Base classes vary in the first 8 of 16 dimensions only; the new
+    // class, learned from 5 samples, in all 16: its noise lies where the
+    // base covariance is tiny, the case the rescaling exists for.
+    let dim = 16;
+    let mut rng = Rng(77);
+    let sample = |rng: &mut Rng, centre: f64, wide: usize| -> Vec<f32> {
+        (0..dim).map(|i| (centre + if i < wide { rng.normal() } else { 1e-2 * rng.normal() }) as f32).collect()
+    };
+    let base: Vec<Vec<Vec<f32>>> = (0..3).map(|c| (0..300).map(|_| sample(&mut rng, c as f64, 8)).collect()).collect();
+    let shots: Vec<Vec<f32>> = (0..5).map(|_| sample(&mut rng, 5.0, dim)).collect();
+    let settings = Estimator::Pooled.settings();
+    let mut h = head(dim, 4, Weighting::Count, settings);
+    learn_all(&mut h, &base, 0);
+    h.begin(label("new").unwrap()).unwrap();
+    learn_samples(&mut h, &shots);
+    h.commit().unwrap();
+    let all: Vec<Vec<Vec<f32>>> = base.iter().cloned().chain([shots.clone()]).collect();
+    let (_, inv, _, _) = pooled_lda(&all, settings.regularizer, Prior::Uniform);
+    let (_, cov, n) = class_moments(&shots);
+    let exact = (&inv * cov * n as f64).trace();
+    let (_, before, _, _) = pooled_lda(&base, settings.regularizer, Prior::Uniform);
+    let (_, cov, _) = class_moments(&shots);
+    let old_metric = (&before * cov * n as f64).trace();
+    let got = h.spread(3);
+    assert!((got / exact - 1.0).abs() < 0.05, "rescaled {got} vs exact {exact}");
+    assert!(old_metric > 1.5 * exact, "the old metric alone would overestimate: {old_metric} vs {exact}");
 }
 
 #[test]
@@ -252,7 +394,7 @@ fn failed_factorisations_are_atomic() {
     // Samples that only vary in 2 of 6 dimensions: singular without
     // regularisation.
     let flat: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32, (i * i) as f32 * 0.1, 1.0, 1.0, 1.0, 1.0]).collect();
-    let bare = HeadSettings { regularizer: Regularizer::Shrinkage(0.0), prior: Prior::Uniform };
+    let bare = HeadSettings { regularizer: Regularizer::Shrinkage(0.0), prior: Prior::Uniform, debias: false };
     let mut h = head(dim, 3, Weighting::Count, bare);
     h.begin(label("flat").unwrap()).unwrap();
     learn_samples(&mut h, &flat);
@@ -366,5 +508,6 @@ fn borrowed_storage_and_shared_prediction() {
     let mut scratch = vec![0.0; 2 * dim];
     let shared = h.predict_with(&data[1][3], None, &mut scratch).unwrap();
     assert_eq!(shared, h.predict(&data[1][3], None).unwrap());
-    assert_eq!(layout.floats(), 2 * 5 * 2 + 2 * 2 + 4 * 5 + 3 * tri_len(5));
+    // Means and weights, four scalars per class, four vectors, three packed matrices.
+    assert_eq!(layout.floats(), 2 * 5 * 2 + 4 * 2 + 4 * 5 + 3 * tri_len(5));
 }

@@ -62,6 +62,11 @@ fn round_trip_restores_every_prediction() {
         assert_eq!(back.settings(), h.settings());
         assert_eq!(back.weighting(), h.weighting());
         assert_eq!(back.pooled(), h.pooled());
+        for label in ["c0", "c2"] {
+            let (i, j) = (h.find(label).unwrap(), back.find(label).unwrap());
+            assert_eq!(back.spread(j), h.spread(i), "the class spread travels with the file");
+        }
+        assert!(h.spread(h.find("c2").unwrap()) > 0.0);
         for x in gaussian_classes(6, &[10, 10, 10], 1).iter().flatten() {
             let (a, b) = (h.predict(x, None).unwrap(), back.predict(x, None).unwrap());
             assert_eq!(h.slots()[a.class].label, back.slots()[b.class].label);
@@ -187,6 +192,27 @@ fn damage_behind_a_good_crc_is_still_refused() {
 }
 
 #[test]
+fn a_negative_or_non_finite_spread_is_refused() {
+    let h = small_head(4, &[12, 9], 2, Transform::IDENTITY);
+    let header = stats::read_header(&stats::to_vec(&h, &meta()).unwrap()).unwrap();
+    let mean = h.mean(0).to_vec();
+    let label = gaussedge_shared::label("c0").unwrap();
+    let mut target = small_head(4, &[7, 8], 3, Transform::IDENTITY);
+    let before = stats::to_vec(&target, &meta()).unwrap();
+    for spread in [-1.0, f64::NAN, f64::INFINITY] {
+        let record = stats::ClassRecord { label: label.clone(), count: 12, spread };
+        let bytes = stats::encode_parts(&header, &[(record, &mean)], None, h.pooled());
+        let err = stats::load(&mut target, &bytes, &Expect::default()).unwrap_err();
+        assert_eq!(err, StatsError::Malformed("class record"), "spread {spread}");
+        assert_eq!(stats::to_vec(&target, &meta()).unwrap(), before);
+    }
+    let record = stats::ClassRecord { label, count: 12, spread: 3.5 };
+    let bytes = stats::encode_parts(&header, &[(record, &mean)], None, h.pooled());
+    stats::load(&mut target, &bytes, &Expect::default()).unwrap();
+    assert_eq!(target.spread(0), 3.5);
+}
+
+#[test]
 fn mismatches_are_named() {
     let h = small_head(4, &[12, 9, 10], 2, Transform::IDENTITY);
     let bytes = stats::to_vec(&h, &meta()).unwrap();
@@ -205,14 +231,14 @@ fn mismatches_are_named() {
     let err = stats::load(&mut t, &bytes, &Expect { backbone_sha256: Some(other) }).unwrap_err();
     assert_eq!(err, StatsError::BackboneMismatch { file: SHA, expected: other });
     assert!(err.to_string().contains("0707"), "{err}");
-    // Version 1 lacked the accumulator's precision; a future version may
-    // change anything.
-    for version in [1u16, 3] {
+    // Version 1 lacked the accumulator's precision, version 2 the class
+    // spreads; a future version may change anything.
+    for version in [1u16, 2, 4] {
         let mut other = bytes.clone();
         other[4..6].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
             stats::load(&mut t, &other, &Expect::default()),
-            Err(StatsError::UnsupportedVersion { found: version, supported: 2 })
+            Err(StatsError::UnsupportedVersion { found: version, supported: 3 })
         );
     }
     assert!(matches!(
@@ -225,7 +251,7 @@ fn mismatches_are_named() {
 fn a_file_that_cannot_be_factored_leaves_the_head_unchanged() {
     // Rank-deficient statistics saved without regularisation.
     let dim = 4;
-    let bare = HeadSettings { regularizer: Regularizer::Shrinkage(0.0), prior: Prior::Uniform };
+    let bare = HeadSettings { regularizer: Regularizer::Shrinkage(0.0), prior: Prior::Uniform, debias: true };
     let mut h = head(dim, 2, Weighting::Count, Estimator::Pooled.settings());
     let flat: Vec<Vec<f32>> = (0..6).map(|i| vec![i as f32, 1.0, 2.0, 3.0]).collect();
     h.begin(gaussedge_shared::label("flat").unwrap()).unwrap();

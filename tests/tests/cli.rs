@@ -62,7 +62,7 @@ fn device_commands_end_to_end() {
     let header = stats::read_header(&std::fs::read(&pulled).unwrap()).unwrap();
     assert_eq!(header.classes, 5);
     let shown = ok(&["stats", pulled.to_str().unwrap()]);
-    assert!(shown.contains("\"frog\" (12 samples)"), "{shown}");
+    assert!(shown.contains("\"frog\" (12 samples, spread "), "{shown}");
 
     let captures = work.path().join("captures");
     ok(&["captures", "pull", "--port", port, "--out", captures.to_str().unwrap()]);
@@ -140,6 +140,17 @@ fn merge_of_two_devices_equals_one_device_learning_both() {
     let scale = w.pooled().iter().fold(0.0f64, |a, v| a.max(v.abs()));
     assert!(diff <= 1e-9 * scale, "pooled scatter differs by {diff:e} (scale {scale:e})");
     assert_eq!(m.scatter_norm(), w.scatter_norm());
+    // Spreads travel with their classes: the base classes' unchanged, and
+    // dog's (learned right after the base on both devices, so in the same
+    // metric) equal; ship's was measured after dog on one device only.
+    let spread = |h: &gaussedge_shared::GaussianHead<_>, label: &str| h.spread(h.find(label).unwrap());
+    for (_, c) in w.classes() {
+        let (a, b) = (spread(&m, &c.label), spread(&w, &c.label));
+        assert!(a > 0.0 && b > 0.0, "{}: {a} {b}", c.label);
+        if c.label.as_str() != "ship" {
+            assert!((a - b).abs() <= 1e-9 * b, "{}: merged spread {a}, one device {b}", c.label);
+        }
+    }
 }
 
 /// `gaussedge eval` on the fixture bundle: base 0-2, then 3, 4, 5 added.
