@@ -94,7 +94,24 @@ impl Backbone {
             outlets.push(outlet);
         }
         model.select_output_outlets(&outlets).map_err(load)?;
-        model.into_optimized().map_err(load)
+        let mut typed = model.into_typed().map_err(load)?.into_decluttered().map_err(load)?;
+        // Channel-last convolutions: tract's depthwise kernel vectorises
+        // across channels there, and EfficientNet's late blocks are 2x2 to
+        // 8x8 planes of hundreds of channels (per-plane walks cost 62% of a
+        // frame channel-first). `GAUSSEDGE_TRACT_NCHW` keeps tract's default
+        // layout, for the latency bench's side-by-side.
+        let channel_last = std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
+        if channel_last {
+            let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
+                .map_err(load)?
+                .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;
+            t.transform(&mut typed).map_err(load)?;
+        }
+        let mut optimized = typed.into_optimized().map_err(load)?;
+        if channel_last {
+            crate::channel_scale::rewrite(&mut optimized).map_err(load)?;
+        }
+        Ok(optimized)
     }
 
     /// Feature dimension: the sum of the layers' widths.

@@ -18,6 +18,8 @@ pub mod backbone;
 #[cfg(feature = "std")]
 pub mod bundle;
 #[cfg(feature = "std")]
+pub mod channel_scale;
+#[cfg(feature = "std")]
 pub mod cli;
 #[cfg(feature = "std")]
 pub mod link;
