@@ -109,7 +109,7 @@ impl Backbone {
         }
         let mut optimized = typed.into_optimized().map_err(load)?;
         if channel_last {
-            crate::channel_scale::rewrite(&mut optimized).map_err(load)?;
+            crate::channel_last::rewrite(&mut optimized).map_err(load)?;
         }
         Ok(optimized)
     }

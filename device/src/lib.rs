@@ -18,7 +18,7 @@ pub mod backbone;
 #[cfg(feature = "std")]
 pub mod bundle;
 #[cfg(feature = "std")]
-pub mod channel_scale;
+pub mod channel_last;
 #[cfg(feature = "std")]
 pub mod cli;
 #[cfg(feature = "std")]
