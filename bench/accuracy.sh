@@ -39,7 +39,9 @@ suite() { # PREFIX BUNDLE DATASET DATA
   for k in 5 20 100; do
     run "$p-shots$k" "$b" "$d" "$data" --shots "$k" --draws 5
   done
-  run "$p-shots5-logcount" "$b" "$d" "$data" --shots 5 --draws 5 --prior log-count
+  for k in 5 20 100; do
+    run "$p-shots$k-logcount" "$b" "$d" "$data" --shots "$k" --draws 5 --prior log-count
+  done
   run "$p-default-nodebias" "$b" "$d" "$data" --debias off
   for k in 5 20 100; do
     run "$p-shots$k-nodebias" "$b" "$d" "$data" --shots "$k" --draws 5 --debias off
