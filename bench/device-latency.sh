@@ -25,13 +25,18 @@ for r in $(seq "$rounds"); do
   # tract's default channel-first layout, to show what the channel-last rewrite buys.
   GAUSSEDGE_TRACT_NCHW=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-nchw"/' >> "$out"
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --batch 8 >> "$out"
+  cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --threads 2 >> "$out"
+  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --threads 2 >> "$out"
   "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --batch 8 >> "$out"
 done
 "$py" - "$out" "$bundle" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-t = [r for r in rows if r["impl"] == "tract" and r["batch"] == 1]
-o = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 1]
+one = lambda r: r.get("threads", 1) == 1
+t = [r for r in rows if r["impl"] == "tract" and r["batch"] == 1 and one(r)]
+o = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 1 and one(r)]
+t2 = [r for r in rows if r["impl"] == "tract" and r.get("threads", 1) == 2]
+o2 = [r for r in rows if r["impl"] == "onnxruntime" and r.get("threads", 1) == 2]
 tn = [r for r in rows if r["impl"] == "tract-nchw" and r["batch"] == 1]
 t8 = [r for r in rows if r["impl"] == "tract" and r["batch"] == 8]
 o8 = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 8]
@@ -44,6 +49,7 @@ print(f"| preprocess (u8 frame -> f32) | {m(t,'preprocess_us'):.1f} µs | | |")
 print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(t,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tn,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {m(t8,'backbone_us')/m(o8,'backbone_us'):.2f} |")
+print(f"| backbone, 2 threads each | {m(t2,'backbone_us')/1e3:.2f} ms | {m(o2,'backbone_us')/1e3:.2f} ms | {m(t2,'backbone_us')/m(o2,'backbone_us'):.2f} |")
 print(f"| head learn (K = 64) | {m(t,'head_learn_us'):.1f} µs | | |")
 print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | | |")
 print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {m(t,'load_ms')/m(o,'load_ms'):.2f} |")

@@ -40,6 +40,8 @@ fn main() {
     };
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(200);
     let batch: usize = arg("--batch").and_then(|r| r.parse().ok()).unwrap_or(1);
+    let threads: usize = arg("--threads").and_then(|r| r.parse().ok()).unwrap_or(1);
+    Backbone::set_threads(threads);
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
     if args.iter().any(|a| a == "--profile") {
@@ -66,7 +68,10 @@ fn main() {
                 t.elapsed().as_secs_f64() / batch as f64
             })
             .collect();
-        println!("{}", serde_json::json!({"impl": "tract", "batch": batch, "backbone_us": median_us(times)}));
+        println!(
+            "{}",
+            serde_json::json!({"impl": "tract", "batch": batch, "threads": threads, "backbone_us": median_us(times)})
+        );
         return;
     }
     let t = Instant::now();
@@ -137,6 +142,7 @@ fn main() {
             "head_bytes": head.layout().bytes(),
             "input": [p.channels, p.height, p.width],
             "batch": 1,
+            "threads": threads,
             "runs": runs,
         })
     );

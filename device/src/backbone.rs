@@ -114,6 +114,14 @@ impl Backbone {
         Ok(optimized)
     }
 
+    /// Threads tract's kernels may use, process-wide (1, the default, runs
+    /// every kernel on the calling thread). A device with spare cores can
+    /// trade them for latency; the head does not use them.
+    pub fn set_threads(threads: usize) {
+        use tract_linalg::multithread::{set_default_executor, Executor};
+        set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
+    }
+
     /// Feature dimension: the sum of the layers' widths.
     pub fn dim(&self) -> usize {
         self.dims.iter().sum()

@@ -46,6 +46,9 @@ struct Args {
     /// Write the served path to this file once ready (for scripts).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Threads the backbone's kernels may use.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn parse_frame(s: &str) -> Result<FrameFormat> {
@@ -56,6 +59,7 @@ fn parse_frame(s: &str) -> Result<FrameFormat> {
 /// The command-line entry point.
 pub fn main() -> Result<()> {
     let args = Args::parse();
+    crate::backbone::Backbone::set_threads(args.threads);
     let camera = args.camera.as_deref().map(Camera::open).transpose()?;
     let platform = SimPlatform::open(SimOptions {
         bundle: args.bundle.clone(),
