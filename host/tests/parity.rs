@@ -7,7 +7,13 @@ use gaussedge_host::net::EfficientNet;
 use gaussedge_host::parity;
 use tch::{nn, Device, Kind, Tensor};
 
+/// tch's random generator is process-wide: two tests seeding and drawing
+/// at once would interleave their draws and get different networks each run
+/// (once in a while one whose activations die out). One at a time.
+static TCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(config: ArchConfig, size: i64, batch: i64) -> parity::ParityReport {
+    let _rng = TCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(1);
     tch::set_num_threads(1);
     let arch = Arch::new(config);
