@@ -21,6 +21,13 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
+/// Whether `t`'s storage is its elements in row-major order, so that a flat
+/// slice walks it (tract's own binary ops check the same before their fast
+/// path).
+fn natural(t: &Tensor) -> bool {
+    t.len() == t.shape().iter().product::<usize>() && t.strides() == &*Tensor::natural_strides(t.shape())
+}
+
 /// `a * b` where `b` has `a`'s last dimension and 1 everywhere else.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChannelScale;
@@ -38,9 +45,6 @@ impl EvalOp for ChannelScale {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (a, b) = args_2!(inputs);
-        let natural = |t: &Tensor| {
-            t.len() == t.shape().iter().product::<usize>() && t.strides() == &*Tensor::natural_strides(t.shape())
-        };
         let mut a = a.into_tensor();
         if !natural(&a) || !natural(&b) {
             let mut view = a.to_plain_array_view_mut::<f32>()?;
@@ -95,8 +99,7 @@ impl EvalOp for SpatialSum {
         *out_shape.last_mut().context("rank 0")? = channels;
         let mut sum = vec![0f32; channels];
         let ram = x.try_as_plain_ram()?;
-        let natural = x.strides() == &*Tensor::natural_strides(shape);
-        if natural {
+        if natural(&x) {
             for row in ram.as_slice::<f32>()?.chunks_exact(channels) {
                 sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }

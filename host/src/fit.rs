@@ -181,14 +181,14 @@ pub fn fit_head(
     classes: &[u16],
     label_of: impl Fn(u16) -> gaussedge_shared::Label,
 ) -> Result<GaussianHead<OwnedStorage>> {
-    let base_rows: Vec<f32> = classes.iter().flat_map(|&c| rows_of(features, labels, d, c)).collect();
-    let mut h = new_head(d, capacity, head, &base_rows)?;
-    for &c in classes {
-        learn_class(&mut h, label_of(c), &rows_of(features, labels, d, c))?;
+    let rows: Vec<Vec<f32>> = classes.iter().map(|&c| rows_of(features, labels, d, c)).collect();
+    let mut h = new_head(d, capacity, head, &rows.concat())?;
+    for (&c, rows) in classes.iter().zip(&rows) {
+        learn_class(&mut h, label_of(c), rows)?;
     }
-    for &c in classes {
+    for (&c, rows) in classes.iter().zip(&rows) {
         let slot = h.find(&label_of(c)).context("fitted class")?;
-        let spread = whitened_total(&h, slot, &rows_of(features, labels, d, c))?;
+        let spread = whitened_total(&h, slot, rows)?;
         h.set_spread(slot, spread)?;
     }
     Ok(h)

@@ -364,9 +364,11 @@ impl<S: Storage> GaussianHead<S> {
     }
     /// Whitened scatter trace of class `slot`, `tr(Sigma^-1 S_c)`, where
     /// `S_c` is the class's own scatter and `Sigma` the shared covariance
-    /// *when its samples were learned* (the committed one; a class learned
-    /// into an empty head has no metric yet and records 0, as does a
-    /// class's first sample).
+    /// its commit produced: measured per sample against the covariance
+    /// committed while it was learned, then carried across its commit (see
+    /// `rescale_spread`). A class's first sample adds nothing; a class
+    /// learned into an empty head, with no metric to measure in, takes the
+    /// rule's no-metric limit.
     ///
     /// Why: a mean from `n` samples is off by noise of covariance
     /// `C_c / n`, which adds `tr(Sigma^-1 C_c) / n` to every expected
@@ -412,8 +414,7 @@ impl<S: Storage> GaussianHead<S> {
         if !self.factored {
             return Err(HeadError::NoClasses);
         }
-        linalg::forward_solve(&self.storage.floats()[self.layout.tri(self.factor)], v);
-        Ok(dot(v, v))
+        Ok(linalg::whitened_norm_sq(&self.storage.floats()[self.layout.tri(self.factor)], v))
     }
 
     /// Replaces class `slot`'s spread (for example by the sum of
@@ -530,9 +531,8 @@ impl<S: Storage> GaussianHead<S> {
             // Welford adds `(n - 1) / n * d d^T` to the scatter, so its
             // whitened trace grows by `(n - 1) / n * |L^-1 d|^2`: exact,
             // and free of the cancellation a sum of `|L^-1 x|^2` would have.
-            linalg::forward_solve(&*tri[factor], parts.scratch_b);
             let n = staging.count as f64;
-            staging.spread += (n - 1.0) / n * dot(parts.scratch_b, parts.scratch_b);
+            staging.spread += (n - 1.0) / n * linalg::whitened_norm_sq(tri[factor], parts.scratch_b);
         }
         Ok(staging.count)
     }
@@ -592,8 +592,7 @@ impl<S: Storage> GaussianHead<S> {
                     (weight, rank) = (1.0, nb);
                     if factored {
                         parts.scratch_a.copy_from_slice(parts.scratch_b);
-                        linalg::forward_solve(&*tri[self.factor], parts.scratch_a);
-                        spread += coeff * dot(parts.scratch_a, parts.scratch_a);
+                        spread += coeff * linalg::whitened_norm_sq(tri[self.factor], parts.scratch_a);
                     }
                     new_norm = self.norm + (weighting.norm(old_count + nb) - weighting.norm(old_count));
                 }
@@ -902,8 +901,7 @@ fn predict_impl(
     // ||L^-1 x||^2 for the novelty score.
     let xx = if ctx.novelty {
         y.copy_from_slice(xt);
-        linalg::forward_solve(&f[l.tri(ctx.factor)], y);
-        dot(y, y)
+        linalg::whitened_norm_sq(&f[l.tri(ctx.factor)], y)
     } else {
         f64::NAN
     };

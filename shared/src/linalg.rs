@@ -170,6 +170,13 @@ pub fn forward_solve(l: &[f64], b: &mut [f64]) {
     }
 }
 
+/// `|L^-1 v|^2 = v' (L L^T)^-1 v`, a squared Mahalanobis norm; `v` is
+/// overwritten with `L^-1 v`.
+pub fn whitened_norm_sq(l: &[f64], v: &mut [f64]) -> f64 {
+    forward_solve(l, v);
+    dot(v, v)
+}
+
 /// Solves `L^T x = y` in place (`y` becomes `x`) for a packed lower factor.
 /// Walks the rows of `L` from the bottom, so memory access stays contiguous.
 pub fn backward_solve(l: &[f64], y: &mut [f64]) {

@@ -208,14 +208,19 @@ fn postcard_len<T: Serialize>(v: &T) -> u64 {
     postcard::experimental::serialized_size(v).map(|n| n as u64).unwrap_or(0)
 }
 
+/// The record a head's class `slot` is saved with.
+fn record_of<S: Storage>(head: &GaussianHead<S>, slot: usize) -> ClassRecord {
+    let entry = &head.slots()[slot];
+    ClassRecord { label: entry.label.clone(), count: entry.count, spread: head.spread(slot) }
+}
+
 /// Exact size in bytes of the file [`write`] produces.
 pub fn encoded_len<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> u64 {
     let header = header_of(head, meta);
     let d = head.dim();
     let mut n = PREFIX as u64 + postcard_len(&header);
-    for (i, slot) in head.classes() {
-        n += postcard_len(&ClassRecord { label: slot.label.clone(), count: slot.count, spread: head.spread(i) });
-        n += seq_len(d);
+    for (slot, _) in head.classes() {
+        n += postcard_len(&record_of(head, slot)) + seq_len(d);
     }
     if header.transform.center_l2 {
         n += seq_len(d);
@@ -240,8 +245,8 @@ pub fn write<S: Storage, E>(
     w.put(&VERSION.to_le_bytes())?;
     w.put(&total.to_le_bytes())?;
     w.item(&header)?;
-    for (slot, entry) in head.classes() {
-        w.item(&ClassRecord { label: entry.label.clone(), count: entry.count, spread: head.spread(slot) })?;
+    for (slot, _) in head.classes() {
+        w.item(&record_of(head, slot))?;
         w.f64s(head.mean(slot))?;
     }
     if header.transform.center_l2 {
