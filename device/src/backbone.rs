@@ -102,6 +102,9 @@ impl Backbone {
         // layout, for the latency bench's side-by-side.
         let channel_last = std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
         if channel_last {
+            if crate::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
+                crate::depthwise::rewrite(&mut typed).map_err(load)?;
+            }
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
                 .map_err(load)?
                 .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;

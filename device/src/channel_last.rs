@@ -19,6 +19,7 @@
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
 /// Whether `t`'s storage is its elements in row-major order, so that a flat
@@ -125,11 +126,37 @@ impl TypedOp for SpatialSum {
     as_op!();
 }
 
+/// Gives every f32 constant natural strides.
+///
+/// Constant folding of a reshape (`Tensor::insert_axis`) can leave a
+/// constant with strides like `[1, 1, 1, 1]` for shape `[1, 16, 1, 1]`: the
+/// same elements in the same order, but tract's binary ops check for natural
+/// strides before their fast path, and took the generic broadcasting loop
+/// for the first block's bias: 77 µs for a 16x32x32 add that takes 1.4 µs
+/// with a natural constant. Returns how many constants it rebuilt.
+fn natural_constants(model: &mut TypedModel) -> TractResult<usize> {
+    let mut rebuilt = 0;
+    for node in &mut model.nodes {
+        let Some(konst) = node.op_as::<Const>() else { continue };
+        let t = konst.val();
+        if konst.exotic_fact().is_some() || t.datum_type() != f32::datum_type() || !t.is_plain() || natural(t) {
+            continue;
+        }
+        let values: Vec<f32> = t.to_plain_array_view::<f32>()?.iter().copied().collect();
+        let t = Arc::new(Tensor::from_shape(t.shape(), &values)?);
+        node.outputs[0].fact.konst = Some(t.clone());
+        node.op = Box::new(Const::new(t)?);
+        rebuilt += 1;
+    }
+    Ok(rebuilt)
+}
+
 /// Replaces every f32 `Mul` of the channel-last broadcast shape with
 /// [`ChannelScale`] and every channel-last spatial `Reduce<Sum>` with
-/// [`SpatialSum`]. Returns how many nodes it replaced.
+/// [`SpatialSum`], and gives constants natural strides. Returns how many
+/// nodes it replaced or rebuilt.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
+    let mut replaced = natural_constants(model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
         if let Some(reduce) = node.op_as::<Reduce>() {

@@ -22,6 +22,8 @@ pub mod channel_last;
 #[cfg(feature = "std")]
 pub mod cli;
 #[cfg(feature = "std")]
+pub mod depthwise;
+#[cfg(feature = "std")]
 pub mod link;
 #[cfg(feature = "std")]
 pub mod sim;
