@@ -263,6 +263,30 @@ mod tests {
     }
 
     #[test]
+    fn folded_constants_get_natural_strides() {
+        let values: Vec<f32> = (0..16).map(|i| i as f32 * 0.5).collect();
+        let mut bias = Tensor::from_shape(&[16], &values).unwrap();
+        for axis in [0, 2, 3] {
+            bias.insert_axis(axis).unwrap();
+        }
+        assert_eq!(bias.shape(), &[1, 16, 1, 1]);
+        // If this fails, tract keeps inserted axes natural and
+        // `natural_constants` can go.
+        assert!(!natural(&bias), "insert_axis left natural strides");
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 16, 4, 4])).unwrap();
+        let b = m.add_const("b", bias).unwrap();
+        let y = m.wire_node("add", tract_onnx::tract_core::ops::math::add(), &[x, b]).unwrap();
+        m.select_output_outlets(&y).unwrap();
+        assert_eq!(rewrite(&mut m).unwrap(), 1);
+        let konst = m.node(b.node).op_as::<Const>().unwrap().val().clone();
+        assert!(natural(&konst));
+        assert_eq!(konst.shape(), &[1, 16, 1, 1]);
+        assert_eq!(konst.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(), &values[..]);
+        assert_eq!(m.outlet_fact(b).unwrap().konst.as_deref(), Some(&*konst));
+    }
+
+    #[test]
     fn other_broadcasts_are_left_alone() {
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, 6, 4, 4])).unwrap();
