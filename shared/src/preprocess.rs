@@ -36,6 +36,51 @@ fn taps(o: usize, src: usize, dst: usize) -> (usize, usize, f32) {
     (x0, x1, x - x0 as f32)
 }
 
+/// A validated frame: `w * h * C` bytes.
+struct Frame<'a> {
+    data: &'a [u8],
+    w: usize,
+    h: usize,
+}
+
+impl Frame<'_> {
+    /// Source channel `ch` at (x, y), mapped to the output's `OC` channels:
+    /// grey is replicated to RGB, RGB becomes luma for grey models.
+    #[inline(always)]
+    fn pixel<const C: usize, const OC: usize>(&self, x: usize, y: usize, ch: usize) -> f32 {
+        let px = &self.data[(y * self.w + x) * C..][..C];
+        if C == 1 {
+            f32::from(px[0])
+        } else if OC == 1 {
+            0.299 * f32::from(px[0]) + 0.587 * f32::from(px[1]) + 0.114 * f32::from(px[2])
+        } else {
+            f32::from(px[ch])
+        }
+    }
+}
+
+/// Bilinear resize and normalisation of a `C`-channel frame into `OC`
+/// planes. Every output value is the same expression of the same taps as
+/// in a plain per-pixel loop (a test holds it to one, bit for bit).
+fn convert<const C: usize, const OC: usize>(frame: &Frame, p: &Preprocess, out: &mut [f32]) {
+    let (ow, oh) = (p.width as usize, p.height as usize);
+    for ch in 0..OC {
+        let mean = p.mean[ch.min(2)];
+        let inv_std = 1.0 / p.std[ch.min(2)];
+        let plane = &mut out[ch * oh * ow..(ch + 1) * oh * ow];
+        for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
+            let (y0, y1, fy) = taps(oy, frame.h, oh);
+            for (ox, o) in row.iter_mut().enumerate() {
+                let (x0, x1, fx) = taps(ox, frame.w, ow);
+                let top = frame.pixel::<C, OC>(x0, y0, ch) * (1.0 - fx) + frame.pixel::<C, OC>(x1, y0, ch) * fx;
+                let bottom = frame.pixel::<C, OC>(x0, y1, ch) * (1.0 - fx) + frame.pixel::<C, OC>(x1, y1, ch) * fx;
+                let v = (top * (1.0 - fy) + bottom * fy) / 255.0;
+                *o = (v - mean) * inv_std;
+            }
+        }
+    }
+}
+
 /// Converts one frame. Allocation-free; `out` must hold [`input_len`] values.
 pub fn frame_to_input(
     frame: &[u8],
@@ -59,33 +104,14 @@ pub fn frame_to_input(
     if out.len() != expected {
         return Err(PreprocessError::OutputLength { expected, got: out.len() });
     }
-    let (ow, oh, oc) = (p.width as usize, p.height as usize, p.channels as usize);
-    // Value of source channel `ch` at (x, y), mapped to the output's
-    // channels: grey is replicated to RGB, RGB becomes luma for grey models.
-    let pixel = |x: usize, y: usize, ch: usize| -> f32 {
-        let base = (y * w + x) * c;
-        match (c, oc) {
-            (1, _) => f32::from(frame[base]),
-            (3, 1) => {
-                0.299 * f32::from(frame[base]) + 0.587 * f32::from(frame[base + 1]) + 0.114 * f32::from(frame[base + 2])
-            }
-            _ => f32::from(frame[base + ch]),
-        }
-    };
-    for ch in 0..oc {
-        let mean = p.mean[ch.min(2)];
-        let inv_std = 1.0 / p.std[ch.min(2)];
-        let plane = &mut out[ch * oh * ow..(ch + 1) * oh * ow];
-        for oy in 0..oh {
-            let (y0, y1, fy) = taps(oy, h, oh);
-            for ox in 0..ow {
-                let (x0, x1, fx) = taps(ox, w, ow);
-                let top = pixel(x0, y0, ch) * (1.0 - fx) + pixel(x1, y0, ch) * fx;
-                let bottom = pixel(x0, y1, ch) * (1.0 - fx) + pixel(x1, y1, ch) * fx;
-                let v = (top * (1.0 - fy) + bottom * fy) / 255.0;
-                plane[oy * ow + ox] = (v - mean) * inv_std;
-            }
-        }
+    let frame = Frame { data: frame, w, h };
+    // One loop per channel combination, so the choice between replicate,
+    // luma and copy is made once per frame, not once per tap.
+    match (c, p.channels) {
+        (1, 1) => convert::<1, 1>(&frame, p, out),
+        (1, _) => convert::<1, 3>(&frame, p, out),
+        (_, 1) => convert::<3, 1>(&frame, p, out),
+        _ => convert::<3, 3>(&frame, p, out),
     }
     Ok(())
 }
@@ -93,6 +119,8 @@ pub fn frame_to_input(
 #[cfg(test)]
 mod tests {
     use super::*;
+    extern crate std;
+    use std::{vec, vec::Vec};
 
     fn pre(w: u16, h: u16) -> Preprocess {
         Preprocess { width: w, height: h, channels: 3, mean: [0.0; 3], std: [1.0; 3] }
@@ -122,6 +150,63 @@ mod tests {
         let want = [0.0, 63.75, 191.25, 255.0].map(|v| v / 255.0);
         for (a, b) in out.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    /// The per-pixel loop the conversion started as.
+    fn reference(frame: &[u8], format: FrameFormat, p: &Preprocess, out: &mut [f32]) {
+        let (w, h, c) = (format.width as usize, format.height as usize, format.channels as usize);
+        let (ow, oh, oc) = (p.width as usize, p.height as usize, p.channels as usize);
+        let pixel = |x: usize, y: usize, ch: usize| -> f32 {
+            let base = (y * w + x) * c;
+            match (c, oc) {
+                (1, _) => f32::from(frame[base]),
+                (3, 1) => {
+                    0.299 * f32::from(frame[base])
+                        + 0.587 * f32::from(frame[base + 1])
+                        + 0.114 * f32::from(frame[base + 2])
+                }
+                _ => f32::from(frame[base + ch]),
+            }
+        };
+        for ch in 0..oc {
+            let mean = p.mean[ch.min(2)];
+            let inv_std = 1.0 / p.std[ch.min(2)];
+            for oy in 0..oh {
+                let (y0, y1, fy) = taps(oy, h, oh);
+                for ox in 0..ow {
+                    let (x0, x1, fx) = taps(ox, w, ow);
+                    let top = pixel(x0, y0, ch) * (1.0 - fx) + pixel(x1, y0, ch) * fx;
+                    let bottom = pixel(x0, y1, ch) * (1.0 - fx) + pixel(x1, y1, ch) * fx;
+                    let v = (top * (1.0 - fy) + bottom * fy) / 255.0;
+                    out[ch * oh * ow + oy * ow + ox] = (v - mean) * inv_std;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conversion_is_the_per_pixel_loop_bit_for_bit() {
+        let sizes = [(28u16, 28u16), (32, 32), (64, 64), (17, 5), (1, 1), (100, 37)];
+        for (fw, fh) in sizes {
+            for fc in [1u8, 3] {
+                for (pw, ph, pc) in [(64u16, 64u16, 3u8), (28, 28, 1), (9, 13, 3)] {
+                    let format = FrameFormat { width: fw, height: fh, channels: fc };
+                    let frame: Vec<u8> = (0..format.len()).map(|i| (i * 131 % 256) as u8).collect();
+                    let p = Preprocess {
+                        width: pw,
+                        height: ph,
+                        channels: pc,
+                        mean: [0.4, 0.5, 0.6],
+                        std: [0.2, 0.25, 0.3],
+                    };
+                    let (mut got, mut want) = (vec![0f32; input_len(&p)], vec![1f32; input_len(&p)]);
+                    frame_to_input(&frame, format, &p, &mut got).unwrap();
+                    reference(&frame, format, &p, &mut want);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{format:?} -> {pw}x{ph}x{pc}");
+                }
+            }
         }
     }
 
