@@ -45,7 +45,7 @@ fn main() {
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
     if args.iter().any(|a| a == "--profile") {
-        profile(&bundle, runs, args.iter().any(|a| a == "--nodes"));
+        profile(&bundle, runs, batch, args.iter().any(|a| a == "--nodes"));
         return;
     }
     if batch > 1 {
@@ -165,11 +165,11 @@ fn main() {
 /// the backbone's time. Prints a markdown table.
 /// Time per operator kind; with `nodes`, also the 30 costliest nodes with
 /// their input and output shapes.
-fn profile(bundle: &Bundle, runs: usize, nodes: bool) {
+fn profile(bundle: &Bundle, runs: usize, batch: usize, nodes: bool) {
     use std::collections::HashMap;
     use tract_onnx::prelude::*;
     let p = bundle.manifest.preprocess;
-    let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
+    let shape = [batch, p.channels as usize, p.height as usize, p.width as usize];
     let model = Backbone::optimized(&bundle.onnx, shape, &bundle.manifest.layers).expect("model");
     let plan = model.into_runnable().expect("plan");
     let mut state = plan.spawn().expect("state");
@@ -202,9 +202,9 @@ fn profile(bundle: &Bundle, runs: usize, nodes: bool) {
     rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
     println!("| operator | nodes | µs per image | share |\n| --- | --- | --- | --- |");
     for (name, (t, n)) in rows {
-        println!("| {name} | {} | {:.1} | {:.1}% |", n / runs, t / runs as f64 * 1e6, 100.0 * t / total);
+        println!("| {name} | {} | {:.1} | {:.1}% |", n / runs, t / (runs * batch) as f64 * 1e6, 100.0 * t / total);
     }
-    println!("| total (with dispatch) | | {:.1} | |", total / runs as f64 * 1e6);
+    println!("| total (with dispatch) | | {:.1} | |", total / (runs * batch) as f64 * 1e6);
     if nodes {
         let model = plan.model();
         let mut rows: Vec<_> = per_node.into_iter().collect();
@@ -223,7 +223,7 @@ fn profile(bundle: &Bundle, runs: usize, nodes: bool) {
                 node.name,
                 node.op().name(),
                 shapes.join(" "),
-                t / runs as f64 * 1e6
+                t / (runs * batch) as f64 * 1e6
             );
         }
     }
