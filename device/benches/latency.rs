@@ -210,7 +210,7 @@ fn profile(bundle: &Bundle, runs: usize, batch: usize, nodes: bool) {
         let mut rows: Vec<_> = per_node.into_iter().collect();
         rows.sort_by(|a, b| b.1.total_cmp(&a.1));
         println!("\n| node | operator | inputs | output | µs per image |\n| --- | --- | --- | --- | --- |");
-        for (id, t) in rows.into_iter().take(30) {
+        for (id, t) in rows.into_iter().take(std::env::var("NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(30)) {
             let node = model.node(id);
             let shapes: Vec<String> = node
                 .inputs

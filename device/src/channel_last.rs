@@ -73,11 +73,7 @@ impl EvalOp for ChannelScale {
             for (image, scale) in
                 ram.as_slice_mut::<f32>()?.chunks_exact_mut(per_image).zip(scale.chunks_exact(channels))
             {
-                for row in image.chunks_exact_mut(channels) {
-                    for (x, s) in row.iter_mut().zip(scale) {
-                        *x *= s;
-                    }
-                }
+                crate::simd::scale_rows(image, scale);
             }
         }
         Ok(tvec!(a.into_tvalue()))
@@ -129,9 +125,7 @@ impl EvalOp for SpatialSum {
         };
         ensure!(images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
         for (image, sum) in values.chunks_exact(values.len() / images).zip(sum.chunks_exact_mut(channels)) {
-            for row in image.chunks_exact(channels) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
+            crate::simd::sum_rows(sum, image);
         }
         Ok(tvec!(Tensor::from_shape(&out_shape, &sum)?.into_tvalue()))
     }
@@ -182,7 +176,7 @@ impl EvalOp for PlaneBias {
         {
             let mut ram = a.try_as_plain_ram_mut()?;
             for (values, bias) in ram.as_slice_mut::<f32>()?.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
-                values.iter_mut().for_each(|v| *v += bias);
+                crate::simd::add_scalar(values, *bias);
             }
         }
         Ok(tvec!(a.into_tvalue()))

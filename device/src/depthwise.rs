@@ -167,12 +167,28 @@ fn run_body<const FUSED: bool>(g: &Geometry, x: &[f32], weights: &[f32], bias: &
     let c = g.channels;
     let [h, w] = g.input;
     let [kh, kw] = g.kernel;
-    // (tap, offset of the tap's input pixel) for the taps inside the image.
+    // Every tap, offsets from the window's top-left input pixel: the list
+    // of any window wholly inside the image.
+    let mut all = [(0usize, 0usize); MAX_TAPS];
+    for ky in 0..kh {
+        for kx in 0..kw {
+            all[ky * kw + kx] = (ky * kw + kx, (ky * w + kx) * c);
+        }
+    }
+    let all = &all[..kh * kw];
+    // (tap, offset of the tap's input pixel) for a window across the border.
     let mut taps = [(0usize, 0usize); MAX_TAPS];
     for oy in 0..g.output[0] {
         let y0 = (oy * g.stride[0]) as isize - g.pad_before[0] as isize;
+        let rows_inside = y0 >= 0 && y0 as usize + kh <= h;
         for ox in 0..g.output[1] {
             let x0 = (ox * g.stride[1]) as isize - g.pad_before[1] as isize;
+            let o = &mut out[(oy * g.output[1] + ox) * c..][..c];
+            if rows_inside && x0 >= 0 && x0 as usize + kw <= w {
+                let origin = (y0 as usize * w + x0 as usize) * c;
+                pixel::<FUSED>(o, bias, weights, &x[origin..], all, c);
+                continue;
+            }
             let mut n = 0;
             for ky in 0..kh {
                 let y = y0 + ky as isize;
@@ -188,14 +204,13 @@ fn run_body<const FUSED: bool>(g: &Geometry, x: &[f32], weights: &[f32], bias: &
                     n += 1;
                 }
             }
-            let o = &mut out[(oy * g.output[1] + ox) * c..][..c];
             pixel::<FUSED>(o, bias, weights, x, &taps[..n], c);
         }
     }
 }
 
-/// One output pixel: 64 channels at a time, then 16, then one, each block's
-/// sums kept in registers across the taps.
+/// One output pixel: 64 channels at a time, then 32, 16, then one, each
+/// block's sums kept in registers across the taps. `taps` offsets index `x`.
 #[inline(always)]
 fn pixel<const FUSED: bool>(
     out: &mut [f32],
@@ -207,6 +222,7 @@ fn pixel<const FUSED: bool>(
 ) {
     let mut c0 = 0;
     c0 = block::<FUSED, 64>(out, bias, weights, x, taps, c, c0);
+    c0 = block::<FUSED, 32>(out, bias, weights, x, taps, c, c0);
     c0 = block::<FUSED, 16>(out, bias, weights, x, taps, c, c0);
     block::<FUSED, 1>(out, bias, weights, x, taps, c, c0);
 }

@@ -27,3 +27,5 @@ pub mod depthwise;
 pub mod link;
 #[cfg(feature = "std")]
 pub mod sim;
+#[cfg(feature = "std")]
+pub mod simd;

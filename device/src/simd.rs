@@ -1,0 +1,96 @@
+//! The element loops of the channel-last ops, compiled once per x86-64
+//! vector width and picked at run time.
+//!
+//! The crate builds for the x86-64 baseline (SSE2), so a plain loop
+//! vectorises four lanes wide; these are the same loops, the same
+//! arithmetic in the same order (bit-identical results), built again with
+//! AVX2 and AVX-512 enabled, the widest the CPU has chosen per call. Other
+//! architectures get the plain loop.
+
+/// Defines `fn $name` whose body is compiled three times (baseline, AVX2,
+/// AVX-512) and dispatched on what the CPU has.
+macro_rules! vectorized {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the feature the function is built for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+vectorized! {
+    /// Multiplies each `scale.len()`-long row of `values` by `scale`.
+    pub fn scale_rows(values: &mut [f32], scale: &[f32]) {
+        for row in values.chunks_exact_mut(scale.len()) {
+            for (x, s) in row.iter_mut().zip(scale) {
+                *x *= s;
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// Adds each `sum.len()`-long row of `values` into `sum`, in order.
+    pub fn sum_rows(sum: &mut [f32], values: &[f32]) {
+        for row in values.chunks_exact(sum.len()) {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// Adds `b` to every value.
+    pub fn add_scalar(values: &mut [f32], b: f32) {
+        for v in values {
+            *v += b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_match_their_plain_arithmetic() {
+        let values: Vec<f32> = (0..7 * 37).map(|i| (i as f32 * 0.7).sin()).collect();
+        let scale: Vec<f32> = (0..37).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let mut scaled = values.clone();
+        scale_rows(&mut scaled, &scale);
+        let mut sum = vec![0.0; 37];
+        sum_rows(&mut sum, &values);
+        let mut shifted = values.clone();
+        add_scalar(&mut shifted, 0.25);
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(scaled[i], v * scale[i % 37]);
+            assert_eq!(shifted[i], v + 0.25);
+        }
+        for (c, s) in sum.iter().enumerate() {
+            let want = (0..7).fold(0.0f32, |acc, r| acc + values[r * 37 + c]);
+            assert_eq!(*s, want);
+        }
+    }
+}
