@@ -21,6 +21,11 @@
 //!   "by scalar" kernel takes it; with a batch the leading 1 sends it to the
 //!   generic broadcast (75 µs an image for the first block at batch 8).
 //!
+//! * [`PlaneSum`], the sum of each channel plane of `x[N, C, ..]`: the
+//!   global pools of the feature ensemble's block outputs, which tract left
+//!   channel-first. Tract's `Reduce<Sum>` spent 4.6 ns an element on the
+//!   2x2 planes of the last blocks (6 µs for 320 channels).
+//!
 //! The first two also take a batch (`s[N, 1, .., 1, C]`, a sum per image),
 //! which is what batched frames give.
 
@@ -191,6 +196,51 @@ impl TypedOp for PlaneBias {
     as_op!();
 }
 
+/// The sum of each `[..]` plane of `x[N, C, ..]`, kept as `[N, C, 1, ..]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PlaneSum;
+
+impl Op for PlaneSum {
+    fn name(&self) -> StaticName {
+        "PlaneSum".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for PlaneSum {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let shape = x.shape();
+        ensure!(shape.len() >= 3, "plane sum of rank {}", shape.len());
+        let plane = shape[2..].iter().product::<usize>();
+        ensure!(plane > 0, "empty planes");
+        let mut out_shape: TVec<usize> = shape.iter().map(|_| 1).collect();
+        out_shape[..2].copy_from_slice(&shape[..2]);
+        let ram = x.try_as_plain_ram()?;
+        let values: std::borrow::Cow<[f32]> = if natural(&x) {
+            ram.as_slice::<f32>()?.into()
+        } else {
+            x.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>().into()
+        };
+        let sums: Vec<f32> = values.chunks_exact(plane).map(crate::simd::sum).collect();
+        Ok(tvec!(Tensor::from_shape(&out_shape, &sums)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for PlaneSum {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        let out: TVec<TDim> =
+            shape.iter().enumerate().map(|(a, d)| if a < 2 { d.clone() } else { 1.to_dim() }).collect();
+        Ok(tvec!(inputs[0].datum_type.fact(out)))
+    }
+
+    as_op!();
+}
+
 /// Gives every f32 constant natural strides.
 ///
 /// Constant folding of a reshape (`Tensor::insert_axis`) can leave a
@@ -218,8 +268,8 @@ fn natural_constants(model: &mut TypedModel) -> TractResult<usize> {
 
 /// Replaces every f32 `Mul` of the channel-last broadcast shape with
 /// [`ChannelScale`], every channel-first batched bias `Add` with
-/// [`PlaneBias`] and every channel-last spatial `Reduce<Sum>` with
-/// [`SpatialSum`], and gives constants natural strides. Returns how many
+/// [`PlaneBias`], every channel-last spatial `Reduce<Sum>` with
+/// [`SpatialSum`] and every channel-first one with [`PlaneSum`], and gives constants natural strides. Returns how many
 /// nodes it replaced or rebuilt.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = natural_constants(model)?;
@@ -239,11 +289,21 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
                 && (1..r - 1).all(summed)
                 && (batch || summed(0))
                 && shape[usize::from(batch)..r - 1].iter().product::<usize>() > 1;
-            if spatial {
-                let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, SpatialSum { batch })?;
-                patch.apply(model)?;
-                replaced += 1;
-            }
+            let planes = reduce.reducer == Reducer::Sum
+                && fact.datum_type == f32::datum_type()
+                && r >= 3
+                && reduce.axes.iter().all(|&a| a >= 2)
+                && (2..r).all(summed)
+                && shape[2..].iter().product::<usize>() > 1;
+            let patch = if spatial {
+                TypedModelPatch::replace_single_op(model, node, &node.inputs, SpatialSum { batch })?
+            } else if planes {
+                TypedModelPatch::replace_single_op(model, node, &node.inputs, PlaneSum)?
+            } else {
+                continue;
+            };
+            patch.apply(model)?;
+            replaced += 1;
             continue;
         }
         let Some(op) = node.op_as::<TypedBinOp>() else { continue };
@@ -388,16 +448,38 @@ mod tests {
     }
 
     #[test]
+    fn plane_sums_match_tract_reduce() {
+        for shape in [vec![1, 320, 2, 2], vec![3, 24, 16, 16], vec![2, 5, 7]] {
+            let r = shape.len();
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", f32::fact(&shape)).unwrap();
+            let y = m.wire_node("sum", Reduce::new((2..r).collect(), Reducer::Sum), &[x]).unwrap();
+            m.select_output_outlets(&y).unwrap();
+            let mut rewritten = m.clone();
+            assert_eq!(rewrite(&mut rewritten).unwrap(), 1);
+            assert!(rewritten.nodes.iter().any(|n| n.op_is::<PlaneSum>()));
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
+            let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
+            let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
+            assert_eq!(want.shape(), got.shape());
+            let (w, g) = (want.try_as_plain_ram().unwrap(), got.try_as_plain_ram().unwrap());
+            for (a, b) in w.as_slice::<f32>().unwrap().iter().zip(g.as_slice::<f32>().unwrap()) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
     fn other_broadcasts_are_left_alone() {
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, 6, 4, 4])).unwrap();
         let s = m.add_source("s", f32::fact([1, 6, 1, 1])).unwrap();
         let y = m.wire_node("per_channel_first", mul(), &[x, s]).unwrap();
-        // A channel-first global pool sums the last axes: not a spatial sum
-        // of a channel-last map.
-        let reduce =
-            tract_onnx::tract_core::ops::nn::Reduce::new(tvec![2, 3], tract_onnx::tract_core::ops::nn::Reducer::Sum);
-        let z = m.wire_node("pool", reduce, &y).unwrap();
+        // A sum over the channels and one spatial axis: neither a spatial
+        // sum nor a plane sum.
+        let z = m.wire_node("pool", Reduce::new(tvec![1, 3], Reducer::Sum), &y).unwrap();
         m.select_output_outlets(&z).unwrap();
         assert_eq!(rewrite(&mut m).unwrap(), 0);
     }
