@@ -438,6 +438,48 @@ mod tests {
         }
     }
 
+    /// Every kernel this CPU can run against the plain loop, so a machine
+    /// with AVX-512 also checks the AVX2 build the next machine may pick.
+    #[test]
+    fn every_vector_width_agrees_with_the_plain_loop() {
+        for (c, hw, k, stride, pad) in [(96, [9, 7], 3, 1, 1), (83, [6, 6], 5, 2, 2), (16, [3, 3], 3, 1, 0)] {
+            let output = [(hw[0] + 2 * pad - k) / stride + 1, (hw[1] + 2 * pad - k) / stride + 1];
+            let g = Geometry {
+                input: hw,
+                channels: c,
+                kernel: [k, k],
+                stride: [stride, stride],
+                pad_before: [pad, pad],
+                output,
+            };
+            let x: Vec<f32> = (0..hw[0] * hw[1] * c).map(|i| (i as f32 * 0.37).cos()).collect();
+            let w: Vec<f32> = (0..k * k * c).map(|i| (i as f32 * 0.731).sin()).collect();
+            let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.29).cos()).collect();
+            let n = output[0] * output[1] * c;
+            let mut plain = vec![0f32; n];
+            run_body::<false>(&g, &x, &w, &b, &mut plain);
+            let mut variants: Vec<(&str, Vec<f32>)> = vec![];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    let mut out = vec![0f32; n];
+                    unsafe { run_avx2(&g, &x, &w, &b, &mut out) };
+                    variants.push(("avx2", out));
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut out = vec![0f32; n];
+                    unsafe { run_avx512(&g, &x, &w, &b, &mut out) };
+                    variants.push(("avx512", out));
+                }
+            }
+            for (name, out) in variants {
+                for (a, b) in plain.iter().zip(&out) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{name}, {c} channels: {a} vs {b}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn leaves_other_convolutions_to_tract() {
         let mut m = model(1, 8, [6, 6], 3, 1, PaddingSpec::ExplicitOnnxPool(tvec![1, 1], tvec![1, 1], true));
