@@ -41,6 +41,39 @@ fn natural(t: &Tensor) -> bool {
     t.len() == t.shape().iter().product::<usize>() && t.strides() == &*Tensor::natural_strides(t.shape())
 }
 
+/// `a op= b` for the binary ops here: `fast` on the flat values when both
+/// are stored in row-major order, else `generic` on array views (tract's
+/// own broadcasting, for layouts these ops do not expect).
+fn in_place(
+    inputs: TVec<TValue>,
+    generic: impl FnOnce(&mut Tensor, &Tensor) -> TractResult<()>,
+    fast: impl FnOnce(&mut [f32], &[f32], &[usize]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let (a, b) = args_2!(inputs);
+    let mut a = a.into_tensor();
+    if !natural(&a) || !natural(&b) {
+        generic(&mut a, &b)?;
+        return Ok(tvec!(a.into_tvalue()));
+    }
+    let shape: TVec<usize> = a.shape().into();
+    let b = b.try_as_plain_ram()?;
+    {
+        let mut ram = a.try_as_plain_ram_mut()?;
+        fast(ram.as_slice_mut::<f32>()?, b.as_slice::<f32>()?, &shape)?;
+    }
+    Ok(tvec!(a.into_tvalue()))
+}
+
+/// Runs `f` on `x`'s values in row-major order, copying them only when
+/// `x` is stored otherwise.
+fn with_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> TractResult<R>) -> TractResult<R> {
+    if natural(x) {
+        f(x.try_as_plain_ram()?.as_slice::<f32>()?)
+    } else {
+        f(&x.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>())
+    }
+}
+
 /// `a * b` where `b` has `a`'s last dimension, 1 or `a`'s first dimension
 /// first, and 1 everywhere else.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,30 +91,22 @@ impl EvalOp for ChannelScale {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (a, b) = args_2!(inputs);
-        let mut a = a.into_tensor();
-        if !natural(&a) || !natural(&b) {
+        let generic = |a: &mut Tensor, b: &Tensor| {
             let mut view = a.to_plain_array_view_mut::<f32>()?;
             view *= &b.to_plain_array_view::<f32>()?;
-            return Ok(tvec!(a.into_tvalue()));
-        }
-        let channels = *a.shape().last().context("rank 0")?;
-        let b = b.try_as_plain_ram()?;
-        let scale = b.as_slice::<f32>()?;
-        // One scale vector, or one per image.
-        let images = scale.len() / channels.max(1);
-        ensure!(channels > 0 && images > 0 && scale.len() == images * channels, "channel scale shape");
-        ensure!(a.len().is_multiple_of(images), "channel scale shape");
-        let per_image = a.len() / images;
-        {
-            let mut ram = a.try_as_plain_ram_mut()?;
-            for (image, scale) in
-                ram.as_slice_mut::<f32>()?.chunks_exact_mut(per_image).zip(scale.chunks_exact(channels))
-            {
+            Ok(())
+        };
+        in_place(inputs, generic, |a, scale, shape| {
+            let channels = *shape.last().context("rank 0")?;
+            // One scale vector, or one per image.
+            let images = scale.len() / channels.max(1);
+            ensure!(channels > 0 && images > 0 && scale.len() == images * channels, "channel scale shape");
+            ensure!(a.len().is_multiple_of(images), "channel scale shape");
+            for (image, scale) in a.chunks_exact_mut(a.len() / images).zip(scale.chunks_exact(channels)) {
                 crate::simd::scale_rows(image, scale);
             }
-        }
-        Ok(tvec!(a.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
@@ -122,16 +147,13 @@ impl EvalOp for SpatialSum {
         *out_shape.last_mut().context("rank 0")? = channels;
         out_shape[0] = if self.batch { images } else { out_shape[0] };
         let mut sum = vec![0f32; images * channels];
-        let ram = x.try_as_plain_ram()?;
-        let values: std::borrow::Cow<[f32]> = if natural(&x) {
-            ram.as_slice::<f32>()?.into()
-        } else {
-            x.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>().into()
-        };
-        ensure!(images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
-        for (image, sum) in values.chunks_exact(values.len() / images).zip(sum.chunks_exact_mut(channels)) {
-            crate::simd::sum_rows(sum, image);
-        }
+        with_values(&x, |values| {
+            ensure!(images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
+            for (image, sum) in values.chunks_exact(values.len() / images).zip(sum.chunks_exact_mut(channels)) {
+                crate::simd::sum_rows(sum, image);
+            }
+            Ok(())
+        })?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sum)?.into_tvalue()))
     }
 }
@@ -167,24 +189,19 @@ impl EvalOp for PlaneBias {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (a, b) = args_2!(inputs);
-        let mut a = a.into_tensor();
-        if !natural(&a) || !natural(&b) {
+        let generic = |a: &mut Tensor, b: &Tensor| {
             let mut view = a.to_plain_array_view_mut::<f32>()?;
             view += &b.to_plain_array_view::<f32>()?;
-            return Ok(tvec!(a.into_tvalue()));
-        }
-        let b = b.try_as_plain_ram()?;
-        let bias = b.as_slice::<f32>()?;
-        let plane = a.shape()[2..].iter().product::<usize>();
-        ensure!(plane > 0 && a.shape()[1] == bias.len(), "plane bias shape");
-        {
-            let mut ram = a.try_as_plain_ram_mut()?;
-            for (values, bias) in ram.as_slice_mut::<f32>()?.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
+            Ok(())
+        };
+        in_place(inputs, generic, |a, bias, shape| {
+            let plane = shape[2..].iter().product::<usize>();
+            ensure!(plane > 0 && shape[1] == bias.len(), "plane bias shape");
+            for (values, bias) in a.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
                 crate::simd::add_scalar(values, *bias);
             }
-        }
-        Ok(tvec!(a.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
@@ -219,13 +236,7 @@ impl EvalOp for PlaneSum {
         ensure!(plane > 0, "empty planes");
         let mut out_shape: TVec<usize> = shape.iter().map(|_| 1).collect();
         out_shape[..2].copy_from_slice(&shape[..2]);
-        let ram = x.try_as_plain_ram()?;
-        let values: std::borrow::Cow<[f32]> = if natural(&x) {
-            ram.as_slice::<f32>()?.into()
-        } else {
-            x.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>().into()
-        };
-        let sums: Vec<f32> = values.chunks_exact(plane).map(crate::simd::sum).collect();
+        let sums: Vec<f32> = with_values(&x, |values| Ok(values.chunks_exact(plane).map(crate::simd::sum).collect()))?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sums)?.into_tvalue()))
     }
 }
