@@ -105,10 +105,17 @@ impl Backbone {
             if crate::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
                 crate::depthwise::rewrite(&mut typed).map_err(load)?;
             }
+
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
                 .map_err(load)?
                 .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;
             t.transform(&mut typed).map_err(load)?;
+            // Once the layout has settled: the einsums are what tract's
+            // layout passes move axes through.
+            if std::env::var_os("GAUSSEDGE_TRACT_MATVEC").is_none() {
+                typed = typed.into_decluttered().map_err(load)?;
+                crate::matvec::rewrite(&mut typed).map_err(load)?;
+            }
         }
         let mut optimized = typed.into_optimized().map_err(load)?;
         if channel_last {

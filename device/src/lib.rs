@@ -26,6 +26,8 @@ pub mod depthwise;
 #[cfg(feature = "std")]
 pub mod link;
 #[cfg(feature = "std")]
+pub mod matvec;
+#[cfg(feature = "std")]
 pub mod sim;
 #[cfg(feature = "std")]
 pub mod simd;

@@ -86,6 +86,33 @@ vectorized! {
     }
 }
 
+vectorized! {
+    /// `y += W x` for `W` stored as one `y.len()`-long row per element of
+    /// `x` (`W[i, :]` multiplies `x[i]`).
+    pub fn gemv_rows(y: &mut [f32], x: &[f32], w: &[f32]) {
+        for (&xi, row) in x.iter().zip(w.chunks_exact(y.len())) {
+            for (y, w) in y.iter_mut().zip(row) {
+                *y += xi * w;
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// The dot product of `a` and `b`, in sixteen interleaved partial sums.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+                *s += x * y;
+            }
+        }
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,9 +135,11 @@ mod tests {
             let want = (0..7).fold(0.0f32, |acc, r| acc + values[r * 37 + c]);
             assert_eq!(*s, want);
         }
-        for n in [0, 1, 15, 16, 17, 259] {
+        for n in [0, 1, 15, 16, 17, 258] {
             let want: f64 = values[..n].iter().map(|&v| f64::from(v)).sum();
             assert!((f64::from(super::sum(&values[..n])) - want).abs() < 1e-4, "{n}");
+            let want: f64 = values[..n].iter().zip(&values[1..]).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            assert!((f64::from(dot(&values[..n], &values[1..n + 1])) - want).abs() < 1e-4, "{n}");
         }
     }
 }
