@@ -95,17 +95,20 @@ impl Backbone {
         }
         model.select_output_outlets(&outlets).map_err(load)?;
         let mut typed = model.into_typed().map_err(load)?.into_decluttered().map_err(load)?;
-        // Channel-last convolutions: tract's depthwise kernel vectorises
-        // across channels there, and EfficientNet's late blocks are 2x2 to
-        // 8x8 planes of hundreds of channels (per-plane walks cost 62% of a
-        // frame channel-first). `GAUSSEDGE_TRACT_NCHW` keeps tract's default
-        // layout, for the latency bench's side-by-side.
+        // Channel-last convolutions: depthwise kernels vectorise across
+        // channels there, and EfficientNet's late blocks are 2x2 to 8x8
+        // planes of hundreds of channels (per-plane walks cost 62% of a
+        // frame channel-first). Each of the three graph rewrites has a
+        // switch that keeps tract's own choice, for the latency bench's
+        // side-by-side: `GAUSSEDGE_TRACT_NCHW` (layout, and everything
+        // below), `GAUSSEDGE_TRACT_DEPTHWISE`, `GAUSSEDGE_TRACT_MATVEC`.
         let channel_last = std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
         if channel_last {
+            // Before `conv_nhwc`, which would lower these convolutions to
+            // tract's own depthwise op.
             if crate::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
                 crate::depthwise::rewrite(&mut typed).map_err(load)?;
             }
-
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
                 .map_err(load)?
                 .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;
