@@ -1,4 +1,5 @@
-//! `cargo bench -p gaussedge-device --bench latency -- --bundle DIR [--runs N] [--batch B]`
+//! `cargo bench -p gaussedge-device --bench latency -- --bundle DIR [--runs N] [--batch B]
+//! [--threads T] [--input FILE.f32] [--profile [--nodes [--top N]]]`
 //!
 //! Per-image latency of the device pipeline on a bundle, stage by stage:
 //! preprocessing a raw frame, the backbone (tract, batch 1, one thread),
@@ -6,7 +7,8 @@
 //! process's peak RSS. Prints one JSON line; bench/device-latency.sh runs it
 //! beside onnxruntime on the same ONNX and input. With `--batch B` it times
 //! only the backbone on batches of B frames (per image), the case of a
-//! capture learned in batches.
+//! capture learned in batches. `--profile` prints a table of time per
+//! tract operator instead, `--nodes` adds the costliest nodes.
 
 use gaussedge_device::backbone::Backbone;
 use gaussedge_device::bundle::Bundle;
@@ -45,7 +47,9 @@ fn main() {
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
     if args.iter().any(|a| a == "--profile") {
-        profile(&bundle, runs, batch, args.iter().any(|a| a == "--nodes"));
+        let nodes = args.iter().any(|a| a == "--nodes");
+        let top = arg("--top").and_then(|n| n.parse().ok()).unwrap_or(30);
+        profile(&bundle, runs, batch, nodes.then_some(top));
         return;
     }
     if batch > 1 {
@@ -163,9 +167,9 @@ fn main() {
 
 /// Time per operator type over `runs` images (batch 1): where tract spends
 /// the backbone's time. Prints a markdown table.
-/// Time per operator kind; with `nodes`, also the 30 costliest nodes with
-/// their input and output shapes.
-fn profile(bundle: &Bundle, runs: usize, batch: usize, nodes: bool) {
+/// Time per operator kind; with `nodes: Some(n)`, also the n costliest
+/// nodes with their input and output shapes.
+fn profile(bundle: &Bundle, runs: usize, batch: usize, nodes: Option<usize>) {
     use std::collections::HashMap;
     use tract_onnx::prelude::*;
     let p = bundle.manifest.preprocess;
@@ -205,12 +209,12 @@ fn profile(bundle: &Bundle, runs: usize, batch: usize, nodes: bool) {
         println!("| {name} | {} | {:.1} | {:.1}% |", n / runs, t / (runs * batch) as f64 * 1e6, 100.0 * t / total);
     }
     println!("| total (with dispatch) | | {:.1} | |", total / (runs * batch) as f64 * 1e6);
-    if nodes {
+    if let Some(top) = nodes {
         let model = plan.model();
         let mut rows: Vec<_> = per_node.into_iter().collect();
         rows.sort_by(|a, b| b.1.total_cmp(&a.1));
         println!("\n| node | operator | inputs | output | µs per image |\n| --- | --- | --- | --- | --- |");
-        for (id, t) in rows.into_iter().take(std::env::var("NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(30)) {
+        for (id, t) in rows.into_iter().take(top) {
             let node = model.node(id);
             let shapes: Vec<String> = node
                 .inputs

@@ -1,5 +1,6 @@
-//! Three tract ops for channel-last graphs, and the rewrite that puts them
-//! in place of tract's generic ones.
+//! Four tract ops for the graph tract runs channel-last, and the rewrite
+//! that puts them in place of tract's generic ones (their loops are in
+//! [`crate::simd`]).
 //!
 //! Run channel-last (`conv_nhwc`), EfficientNet's squeeze-excitation first
 //! sums every spatial position into one vector of channels, then scales
@@ -20,14 +21,14 @@
 //!   convolution tract left channel-first. With one image tract's
 //!   "by scalar" kernel takes it; with a batch the leading 1 sends it to the
 //!   generic broadcast (75 µs an image for the first block at batch 8).
-//!
 //! * [`PlaneSum`], the sum of each channel plane of `x[N, C, ..]`: the
 //!   global pools of the feature ensemble's block outputs, which tract left
 //!   channel-first. Tract's `Reduce<Sum>` spent 4.6 ns an element on the
 //!   2x2 planes of the last blocks (6 µs for 320 channels).
 //!
 //! The first two also take a batch (`s[N, 1, .., 1, C]`, a sum per image),
-//! which is what batched frames give.
+//! which is what batched frames give. The rewrite also rebuilds folded
+//! constants with natural strides (see `natural_constants`).
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
