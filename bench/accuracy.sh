@@ -3,7 +3,8 @@
 # 5..9 added one at a time) with each head lever alone and combined, few-shot
 # draws and novelty, on both committed bundles. Reports land in
 # bench/results/, the curves in bench/accuracy.png.
-#   bench/accuracy.sh [cifar10|fashion-mnist|all]   (CIFAR data: $CIFAR10_DIR, default ../shared/data/cifar-10-dev)
+#   bench/accuracy.sh [cifar10|fashion-mnist|all]   (CIFAR data: $CIFAR10_DIR, default ../shared/data/cifar-10-dev;
+#   the CIFAR-10 oracle bundle: $CIFAR10_ORACLE, default models/cifar10-b0-oracle)
 # Features are cached per backbone and layers under ~/.cache/gaussedge, so a
 # second run takes minutes.
 set -euo pipefail
@@ -53,6 +54,11 @@ if [ "$which" = all ] || [ "$which" = cifar10 ]; then
 fi
 if [ "$which" = all ] || [ "$which" = fashion-mnist ]; then
   suite fashion models/fashion-mnist-b0-base5 fashion-mnist /usr/share/datasets/fashion-mnist
+fi
+# The oracle's features (all ten classes trained) under the same protocol.
+oracle=${CIFAR10_ORACLE:-models/cifar10-b0-oracle}
+if { [ "$which" = all ] || [ "$which" = cifar10 ]; } && [ -f "$oracle/manifest.json" ]; then
+  run cifar10-oracle-protocol "$oracle" cifar10 "${CIFAR10_DIR:-../shared/data/cifar-10-dev}"
 fi
 if [ -f "$out/cifar10-default.json" ] && [ -f "$out/fashion-default.json" ]; then
   "$g" plot --title "classes added one at a time (base 0-4)" --out bench/accuracy.png \
