@@ -24,6 +24,8 @@ for r in $(seq "$rounds"); do
   "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" >> "$out"
   # tract's default channel-first layout, to show what the channel-last rewrite buys.
   GAUSSEDGE_TRACT_NCHW=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-nchw"/' >> "$out"
+  # tract's matrix product for the squeeze-excitation, to show what MatVec buys.
+  GAUSSEDGE_TRACT_MATVEC=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-mv"/' >> "$out"
   # tract's own depthwise kernel (a generic loop on x86-64), to show what DepthwiseNhwc buys.
   GAUSSEDGE_TRACT_DEPTHWISE=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-dw"/' >> "$out"
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --batch 8 >> "$out"
@@ -41,6 +43,7 @@ t2 = [r for r in rows if r["impl"] == "tract" and r.get("threads", 1) == 2]
 o2 = [r for r in rows if r["impl"] == "onnxruntime" and r.get("threads", 1) == 2]
 tn = [r for r in rows if r["impl"] == "tract-nchw" and r["batch"] == 1]
 td = [r for r in rows if r["impl"] == "tract-dw" and r["batch"] == 1]
+tm = [r for r in rows if r["impl"] == "tract-mv" and r["batch"] == 1]
 t8 = [r for r in rows if r["impl"] == "tract" and r["batch"] == 8]
 o8 = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 8]
 m = lambda rs, k: statistics.median(r[k] for r in rs)
@@ -51,6 +54,7 @@ print("| --- | --- | --- | --- |")
 print(f"| preprocess (u8 frame -> f32) | {m(t,'preprocess_us'):.1f} µs | | |")
 print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(t,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, in the device loop (after each head update) | {m(t,'backbone_in_loop_us')/1e3:.2f} ms | | |")
+print(f"| backbone, tract's matrix product for the SE | {m(tm,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tm,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, tract's depthwise kernel | {m(td,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(td,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tn,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {m(t8,'backbone_us')/m(o8,'backbone_us'):.2f} |")
