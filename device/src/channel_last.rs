@@ -35,12 +35,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
-/// Whether `t`'s storage is its elements in row-major order, so that a flat
-/// slice walks it (tract's own binary ops check the same before their fast
-/// path).
-fn natural(t: &Tensor) -> bool {
-    t.len() == t.shape().iter().product::<usize>() && t.strides() == &*Tensor::natural_strides(t.shape())
-}
+use crate::flat::{natural, with_values};
 
 /// `a op= b` for the binary ops here: `fast` on the flat values when both
 /// are stored in row-major order, else `generic` on array views (tract's
@@ -63,16 +58,6 @@ fn in_place(
         fast(ram.as_slice_mut::<f32>()?, b.as_slice::<f32>()?, &shape)?;
     }
     Ok(tvec!(a.into_tvalue()))
-}
-
-/// Runs `f` on `x`'s values in row-major order, copying them only when
-/// `x` is stored otherwise.
-fn with_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> TractResult<R>) -> TractResult<R> {
-    if natural(x) {
-        f(x.try_as_plain_ram()?.as_slice::<f32>()?)
-    } else {
-        f(&x.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>())
-    }
 }
 
 /// `a * b` where `b` has `a`'s last dimension, 1 or `a`'s first dimension
@@ -146,7 +131,9 @@ impl EvalOp for SpatialSum {
         let images = if self.batch { shape[0] } else { 1 };
         let mut out_shape: TVec<usize> = shape.iter().map(|_| 1).collect();
         *out_shape.last_mut().context("rank 0")? = channels;
-        out_shape[0] = if self.batch { images } else { out_shape[0] };
+        if self.batch {
+            out_shape[0] = images;
+        }
         let mut sum = vec![0f32; images * channels];
         with_values(&x, |values| {
             ensure!(images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
@@ -281,8 +268,9 @@ fn natural_constants(model: &mut TypedModel) -> TractResult<usize> {
 /// Replaces every f32 `Mul` of the channel-last broadcast shape with
 /// [`ChannelScale`], every channel-first batched bias `Add` with
 /// [`PlaneBias`], every channel-last spatial `Reduce<Sum>` with
-/// [`SpatialSum`] and every channel-first one with [`PlaneSum`], and gives constants natural strides. Returns how many
-/// nodes it replaced or rebuilt.
+/// [`SpatialSum`] and every channel-first one with [`PlaneSum`], and gives
+/// constants natural strides. Returns how many nodes it replaced or
+/// rebuilt.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = natural_constants(model)?;
     for id in model.eval_order()? {
@@ -427,11 +415,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
             let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            assert_eq!(want.shape(), got.shape());
-            let (w, g) = (want.try_as_plain_ram().unwrap(), got.try_as_plain_ram().unwrap());
-            for (a, b) in w.as_slice::<f32>().unwrap().iter().zip(g.as_slice::<f32>().unwrap()) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
-            }
+            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
         }
     }
 
@@ -475,11 +459,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
             let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            assert_eq!(want.shape(), got.shape());
-            let (w, g) = (want.try_as_plain_ram().unwrap(), got.try_as_plain_ram().unwrap());
-            for (a, b) in w.as_slice::<f32>().unwrap().iter().zip(g.as_slice::<f32>().unwrap()) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
-            }
+            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
         }
     }
 

@@ -72,9 +72,6 @@ impl EvalOp for DepthwiseNhwc {
             _ => bail!("DepthwiseNhwc takes [N, H, W, C] or [H, W, C], got {shape:?}"),
         };
         ensure!(c == self.bias.len(), "DepthwiseNhwc has {} channels, input {c}", self.bias.len());
-        let view = x.to_plain_array_view::<f32>()?;
-        let view = view.as_standard_layout();
-        let x = view.as_slice().context("standard layout")?;
         let [oh, ow] = self.output;
         let mut out = vec![0f32; n * oh * ow * c];
         let weights = self.weights.try_as_plain_ram()?;
@@ -87,9 +84,12 @@ impl EvalOp for DepthwiseNhwc {
             pad_before: self.pad_before,
             output: self.output,
         };
-        for (image, out) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)) {
-            run(&geometry, image, weights.as_slice::<f32>()?, bias.as_slice::<f32>()?, out);
-        }
+        crate::flat::with_values(&x, |x| {
+            for (image, out) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)) {
+                run(&geometry, image, weights.as_slice::<f32>()?, bias.as_slice::<f32>()?, out);
+            }
+            Ok(())
+        })?;
         let out = if shape.len() == 4 {
             Tensor::from_shape(&[n, oh, ow, c], &out)?
         } else {
@@ -430,11 +430,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = generic.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
             let got = ours.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
-            assert_eq!(want.shape(), got.shape(), "{padding:?}");
-            let (w, g) = (want.to_plain_array_view::<f32>().unwrap(), got.to_plain_array_view::<f32>().unwrap());
-            for (a, b) in w.iter().zip(g.iter()) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{c} channels {padding:?}: {a} vs {b}");
-            }
+            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{c} channels {padding:?}"));
         }
     }
 
@@ -473,9 +469,7 @@ mod tests {
                 }
             }
             for (name, out) in variants {
-                for (a, b) in plain.iter().zip(&out) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{name}, {c} channels: {a} vs {b}");
-                }
+                crate::flat::assert_close(&plain, &out, 1e-5, &format!("{name}, {c} channels"));
             }
         }
     }

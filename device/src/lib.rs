@@ -24,6 +24,8 @@ pub mod cli;
 #[cfg(feature = "std")]
 pub mod depthwise;
 #[cfg(feature = "std")]
+mod flat;
+#[cfg(feature = "std")]
 pub mod link;
 #[cfg(feature = "std")]
 pub mod matvec;

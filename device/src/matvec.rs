@@ -63,15 +63,15 @@ impl EvalOp for MatVec {
         ensure!(x.len() == i, "MatVec takes {i} values, got {:?}", x.shape());
         let weights = self.weights.try_as_plain_ram()?;
         let weights = weights.as_slice::<f32>()?;
-        // Unit axes aside, any layout of a vector is its values in order.
-        let x: Vec<f32> = x.to_plain_array_view::<f32>()?.iter().copied().collect();
-        let y: Vec<f32> = if self.by_output {
-            weights.chunks_exact(i).map(|row| crate::simd::dot(row, &x)).collect()
-        } else {
-            let mut y = vec![0f32; o];
-            crate::simd::gemv_rows(&mut y, &x, weights);
-            y
-        };
+        let y: Vec<f32> = crate::flat::with_values(&x, |x| {
+            Ok(if self.by_output {
+                weights.chunks_exact(i).map(|row| crate::simd::dot(row, x)).collect()
+            } else {
+                let mut y = vec![0f32; o];
+                crate::simd::gemv_rows(&mut y, x, weights);
+                y
+            })
+        })?;
         Ok(tvec!(Tensor::from_shape(&self.output, &y)?.into_tvalue()))
     }
 }
@@ -181,11 +181,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(x, &data).unwrap().into_tvalue()];
             let want = generic.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
             let got = ours.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
-            assert_eq!(want.shape(), got.shape(), "{expr}");
-            let (w, g) = (want.to_plain_array_view::<f32>().unwrap(), got.to_plain_array_view::<f32>().unwrap());
-            for (a, b) in w.iter().zip(g.iter()) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{expr}: {a} vs {b}");
-            }
+            crate::flat::assert_tensors_close(&want, &got, 1e-4, expr);
         }
     }
 
