@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Per-image device latency on a bundle: tract (gaussedge-device) against
-# onnxruntime (Python, one thread) on the same ONNX file and input,
+# onnxruntime (Python, one thread) on the same ONNX graph and input
+# (pruned to the feature layers for onnxruntime, as tract prunes it),
 # interleaved in one run. Prints a markdown table.
 #   bench/device-latency.sh [BUNDLE] [--rounds 3] [--runs 200]
 set -euo pipefail
@@ -19,9 +20,13 @@ input=$(mktemp --suffix .f32)
 out=$(mktemp)
 shape=$(python3 -c "import json;p=json.load(open('$bundle/manifest.json'))['preprocess'];print(f\"{p['channels']},{p['height']},{p['width']}\")")
 layers=$(python3 -c "import json;print(','.join(json.load(open('$bundle/manifest.json')).get('layers',['features'])))")
+# onnxruntime gets the graph pruned to the feature layers, as tract prunes it.
+onnx=$(mktemp --suffix .onnx)
+trap 'rm -f "$input" "$out" "$onnx"' EXIT
+"$py" bench/prune_onnx.py "$bundle/backbone.onnx" "$onnx" "$layers"
 for r in $(seq "$rounds"); do
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" >> "$out"
-  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" >> "$out"
+  "$py" bench/ort_latency.py --onnx "$onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" >> "$out"
   # tract's default channel-first layout, to show what the channel-last rewrite buys.
   GAUSSEDGE_TRACT_NCHW=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-nchw"/' >> "$out"
   # tract's matrix product for the squeeze-excitation, to show what MatVec buys.
@@ -30,8 +35,8 @@ for r in $(seq "$rounds"); do
   GAUSSEDGE_TRACT_DEPTHWISE=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-dw"/' >> "$out"
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --batch 8 >> "$out"
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --threads 2 >> "$out"
-  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --threads 2 >> "$out"
-  "$py" bench/ort_latency.py --onnx "$bundle/backbone.onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --batch 8 >> "$out"
+  "$py" bench/ort_latency.py --onnx "$onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --threads 2 >> "$out"
+  "$py" bench/ort_latency.py --onnx "$onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" --batch 8 >> "$out"
 done
 "$py" - "$out" "$bundle" <<'PY'
 import json, statistics, sys
@@ -44,6 +49,7 @@ o2 = [r for r in rows if r["impl"] == "onnxruntime" and r.get("threads", 1) == 2
 tn = [r for r in rows if r["impl"] == "tract-nchw" and r["batch"] == 1]
 td = [r for r in rows if r["impl"] == "tract-dw" and r["batch"] == 1]
 tm = [r for r in rows if r["impl"] == "tract-mv" and r["batch"] == 1]
+tp = [r for r in rows if r["impl"] == "tract-pw" and r["batch"] == 1]
 t8 = [r for r in rows if r["impl"] == "tract" and r["batch"] == 8]
 o8 = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 8]
 m = lambda rs, k: statistics.median(r[k] for r in rs)
@@ -54,6 +60,7 @@ print("| --- | --- | --- | --- |")
 print(f"| preprocess (u8 frame -> f32) | {m(t,'preprocess_us'):.1f} µs | | |")
 print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(t,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, in the device loop (after each head update) | {m(t,'backbone_in_loop_us')/1e3:.2f} ms | | |")
+print(f"| backbone, tract's matrix product for the dense convolutions | {m(tp,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tp,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, tract's matrix product for the SE | {m(tm,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tm,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, tract's depthwise kernel | {m(td,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(td,'backbone_us')/m(o,'backbone_us'):.2f} |")
 print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tn,'backbone_us')/m(o,'backbone_us'):.2f} |")

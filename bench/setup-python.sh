@@ -5,9 +5,10 @@
 set -euo pipefail
 CACHE="${GAUSSEDGE_CACHE:-$HOME/.cache/gaussedge}"
 VENV="$CACHE/bench-venv"
-if [ ! -f "$VENV/.complete" ]; then
+# The marker names the package set; a new set reinstalls over the old venv.
+if [ ! -f "$VENV/.complete-2" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 onnxruntime numpy
-  touch "$VENV/.complete"
+  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 onnxruntime onnx numpy
+  touch "$VENV/.complete-2"
 fi
 echo "$VENV/bin/python"

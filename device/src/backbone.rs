@@ -98,14 +98,21 @@ impl Backbone {
         // Channel-last convolutions: depthwise kernels vectorise across
         // channels there, and EfficientNet's late blocks are 2x2 to 8x8
         // planes of hundreds of channels (per-plane walks cost 62% of a
-        // frame channel-first). Each of the three graph rewrites has a
-        // switch that keeps tract's own choice, for the latency bench's
-        // side-by-side: `GAUSSEDGE_TRACT_NCHW` (layout, and everything
-        // below), `GAUSSEDGE_TRACT_DEPTHWISE`, `GAUSSEDGE_TRACT_MATVEC`.
+        // frame channel-first). Each graph rewrite has a switch that keeps
+        // tract's own choice, for the latency bench's side-by-side:
+        // `GAUSSEDGE_TRACT_NCHW` (layout, and everything below),
+        // `GAUSSEDGE_TRACT_DEPTHWISE`, `GAUSSEDGE_TRACT_MATVEC` (the
+        // squeeze-excitation) and `GAUSSEDGE_TRACT_DENSE` (the stem and the
+        // 1x1 convolutions).
         let channel_last = std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
         if channel_last {
+            let dense = crate::pointwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DENSE").is_none();
+            let matvec = std::env::var_os("GAUSSEDGE_TRACT_MATVEC").is_none();
             // Before `conv_nhwc`, which would lower these convolutions to
-            // tract's own depthwise op.
+            // tract's own ops.
+            if dense {
+                crate::im2col::rewrite(&mut typed).map_err(load)?;
+            }
             if crate::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
                 crate::depthwise::rewrite(&mut typed).map_err(load)?;
             }
@@ -114,10 +121,16 @@ impl Backbone {
                 .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;
             t.transform(&mut typed).map_err(load)?;
             // Once the layout has settled: the einsums are what tract's
-            // layout passes move axes through.
-            if std::env::var_os("GAUSSEDGE_TRACT_MATVEC").is_none() {
+            // layout passes move axes through, and the 1x1 convolutions
+            // take their input and output in the layouts it chose.
+            if matvec || dense {
                 typed = typed.into_decluttered().map_err(load)?;
+            }
+            if matvec {
                 crate::matvec::rewrite(&mut typed).map_err(load)?;
+            }
+            if dense {
+                crate::pointwise::rewrite(&mut typed).map_err(load)?;
             }
         }
         let mut optimized = typed.into_optimized().map_err(load)?;

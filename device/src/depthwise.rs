@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Taps per pixel the op takes (a 7x7 kernel); larger kernels stay with
@@ -283,34 +283,8 @@ fn depthwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
     if kh * kw > MAX_TAPS || kernel.len() != channels * kh * kw || !(bias.len() == 1 || bias.len() == channels) {
         return Ok(None);
     }
-    let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
     let r = shape.len();
-    let input = [shape[r - 2], shape[r - 1]];
-    let mut pad_before = [0; 2];
-    let mut output = [0; 2];
-    for a in 0..2 {
-        let k = spec.kernel_shape[a];
-        let (before, after) = match &spec.padding {
-            PaddingSpec::Valid => (0, 0),
-            PaddingSpec::Explicit(b, e) | PaddingSpec::ExplicitOnnxPool(b, e, false) => (b[a], e[a]),
-            PaddingSpec::SameUpper | PaddingSpec::SameLower => {
-                let out = input[a].div_ceil(stride[a]);
-                let total = ((out - 1) * stride[a] + k).saturating_sub(input[a]);
-                let small = total / 2;
-                if spec.padding == PaddingSpec::SameUpper {
-                    (small, total - small)
-                } else {
-                    (total - small, small)
-                }
-            }
-            PaddingSpec::ExplicitOnnxPool(_, _, true) => return Ok(None),
-        };
-        if input[a] + before + after < k {
-            return Ok(None);
-        }
-        pad_before[a] = before;
-        output[a] = (input[a] + before + after - k) / stride[a] + 1;
-    }
+    let Some((stride, pad_before, output)) = window(spec, [shape[r - 2], shape[r - 1]]) else { return Ok(None) };
     // Kernel to [tap, channel] whatever its declared layout.
     let view = kernel.to_plain_array_view::<f32>()?;
     let mut weights = vec![0f32; kh * kw * channels];
@@ -336,6 +310,40 @@ fn depthwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         weights: Arc::new(Tensor::from_shape(&[kh * kw, channels], &weights)?),
         bias: Arc::new(Tensor::from_shape(&[channels], &bias)?),
     }))
+}
+
+/// A 2-D window's stride, zero rows and columns before the input, and
+/// output size over an `input`-sized plane; `None` for geometry the ops of
+/// this crate do not cover (dilation is checked by the caller; ceil-mode
+/// padding, a kernel larger than the padded input).
+pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<([usize; 2], [usize; 2], [usize; 2])> {
+    let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
+    let mut pad_before = [0; 2];
+    let mut output = [0; 2];
+    for a in 0..2 {
+        let k = spec.kernel_shape[a];
+        let (before, after) = match &spec.padding {
+            PaddingSpec::Valid => (0, 0),
+            PaddingSpec::Explicit(b, e) | PaddingSpec::ExplicitOnnxPool(b, e, false) => (b[a], e[a]),
+            PaddingSpec::SameUpper | PaddingSpec::SameLower => {
+                let out = input[a].div_ceil(stride[a]);
+                let total = ((out - 1) * stride[a] + k).saturating_sub(input[a]);
+                let small = total / 2;
+                if spec.padding == PaddingSpec::SameUpper {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
+            }
+            PaddingSpec::ExplicitOnnxPool(_, _, true) => return None,
+        };
+        if input[a] + before + after < k {
+            return None;
+        }
+        pad_before[a] = before;
+        output[a] = (input[a] + before + after - k) / stride[a] + 1;
+    }
+    Some((stride, pad_before, output))
 }
 
 /// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and

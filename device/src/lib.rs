@@ -26,9 +26,13 @@ pub mod depthwise;
 #[cfg(feature = "std")]
 mod flat;
 #[cfg(feature = "std")]
+pub mod im2col;
+#[cfg(feature = "std")]
 pub mod link;
 #[cfg(feature = "std")]
 pub mod matvec;
+#[cfg(feature = "std")]
+pub mod pointwise;
 #[cfg(feature = "std")]
 pub mod sim;
 #[cfg(feature = "std")]
