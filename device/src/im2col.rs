@@ -6,10 +6,11 @@
 //! its lazy im2col and matrix product with a channel-first output and a
 //! separate SiLU; the first depthwise block then moves the 32x32x32 map to
 //! channel-last. On a 2-core AMD EPYC that was 180 µs of a 3.5 ms frame
-//! where onnxruntime's stem took 55. [`Im2colConv`] gathers each output
-//! pixel's window (channels x taps, zero outside the image) into a row
-//! and runs [`Pointwise`] on the rows: bias and SiLU applied while the
-//! rows are in L1, the output channel-last, as the next block wants it.
+//! where onnxruntime's stem took 55. [`Im2colConv`] pads the image once
+//! and runs [`Pointwise`] on it with offset tables, each output pixel's
+//! window read in place as a row of channels x taps: no gathered copy,
+//! bias and SiLU applied while the rows are in L1, the output
+//! channel-last, as the next block wants it.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::pointwise::{Pointwise, Strides};
+use crate::pointwise::{Input, Pointwise, Strides};
 
 /// Input channels times taps the op takes (a row of the gathered
 /// windows); wider convolutions stay with tract, whose packing is then
@@ -30,12 +31,11 @@ const MAX_ROW: usize = 64;
 pub struct Im2colConv {
     /// `[N, C, H, W]`.
     pub input: [usize; 4],
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub pad_before: [usize; 2],
-    pub output: [usize; 2],
-    /// The product of the gathered rows (`C * kh * kw` wide) and the
-    /// weights, with the bias and SiLU.
+    /// Zero rows above and below, columns left and right.
+    pub pad: [usize; 4],
+    /// The product of the windows (`C * kh * kw` values, read from the
+    /// padded image through offset tables) and the weights, with the bias
+    /// and SiLU.
     pub rows: Arc<Pointwise>,
 }
 
@@ -45,14 +45,7 @@ impl Op for Im2colConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "kernel {:?} stride {:?} pad {:?} output {:?}; {}",
-            self.kernel,
-            self.stride,
-            self.pad_before,
-            self.output,
-            self.rows.info()?.join(" ")
-        )])
+        Ok(vec![format!("input {:?} pad {:?}; {}", self.input, self.pad, self.rows.info()?.join(" "))])
     }
 
     op_as_typed_op!();
@@ -65,51 +58,22 @@ impl EvalOp for Im2colConv {
         let x = args_1!(inputs);
         ensure!(x.shape() == self.input, "Im2colConv input {:?}, expected {:?}", x.shape(), self.input);
         let [n, c, h, w] = self.input;
-        let [kh, kw] = self.kernel;
-        let [oh, ow] = self.output;
-        let k = c * kh * kw;
-        let mut rows = vec![0f32; n * oh * ow * k];
+        let [top, bottom, left, right] = self.pad;
+        let (hp, wp) = (h + top + bottom, w + left + right);
+        let mut padded = vec![0f32; n * c * hp * wp];
         crate::flat::with_values(&x, |x| {
-            for (image, rows) in x.chunks_exact(c * h * w).zip(rows.chunks_exact_mut(oh * ow * k)) {
-                self.gather(image, rows);
+            for (plane, out) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(hp * wp)) {
+                for (row, out) in plane.chunks_exact(w).zip(out[top * wp..].chunks_exact_mut(wp)) {
+                    out[left..left + w].copy_from_slice(row);
+                }
             }
             Ok(())
         })?;
         // SAFETY: `run_into` writes every output value before it is read.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.rows.output_shape)? };
         let mut ram = out.try_as_plain_ram_mut()?;
-        self.rows.run_into(&rows, None, ram.as_slice_mut::<f32>()?)?;
+        self.rows.run_into(&padded, None, ram.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))
-    }
-}
-
-impl Im2colConv {
-    /// One image's windows, a row of `C * kh * kw` values per output
-    /// pixel (channel, then tap row, then tap column), zero where a tap
-    /// falls outside the image.
-    fn gather(&self, x: &[f32], rows: &mut [f32]) {
-        let [_, c, h, w] = self.input;
-        let [kh, kw] = self.kernel;
-        let [_, ow] = self.output;
-        for (p, row) in rows.chunks_exact_mut(c * kh * kw).enumerate() {
-            let y0 = (p / ow * self.stride[0]) as isize - self.pad_before[0] as isize;
-            let x0 = (p % ow * self.stride[1]) as isize - self.pad_before[1] as isize;
-            for (ch, taps) in row.chunks_exact_mut(kh * kw).enumerate() {
-                let plane = &x[ch * h * w..][..h * w];
-                for ky in 0..kh {
-                    let y = y0 + ky as isize;
-                    if y < 0 || y >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let xx = x0 + kx as isize;
-                        if xx >= 0 && xx < w as isize {
-                            taps[ky * kw + kx] = plane[y as usize * w + xx as usize];
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -158,6 +122,9 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
     let Some((stride, pad_before, output)) = crate::depthwise::window(spec, [shape[2], shape[3]]) else {
         return Ok(None);
     };
+    // Padding after: what the last window needs past the image.
+    let after =
+        |a: usize| ((output[a] - 1) * stride[a] + spec.kernel_shape[a]).saturating_sub(shape[2 + a] + pad_before[a]);
     let view = kernel.to_plain_array_view::<f32>()?;
     let weight = |oc: usize, k: usize| {
         let (ch, tap) = (k / (kh * kw), k % (kh * kw));
@@ -180,6 +147,12 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
         last = OutletId::new(succ[0].node, 0);
     }
     let (n, pixels, k) = (shape[0], output[0] * output[1], c * kh * kw);
+    // In the padded image: each output pixel's window corner, each
+    // (channel, tap row, tap column)'s offset from it.
+    let pad = [pad_before[0], after(0), pad_before[1], after(1)];
+    let (hp, wp) = (shape[2] + pad[0] + pad[1], shape[3] + pad[2] + pad[3]);
+    let corners = (0..pixels).map(|p| (p / output[1] * stride[0]) * wp + p % output[1] * stride[1]).collect();
+    let taps = (0..k).map(|i| (i / (kh * kw)) * hp * wp + (i % (kh * kw) / kw) * wp + i % kw).collect();
     let rows = Pointwise::new(
         [k, o],
         [n, pixels],
@@ -187,11 +160,14 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
         &bias,
         silu,
         false,
-        [Strides { batch: pixels * k, pixel: k, channel: 1 }, Strides { batch: pixels * o, pixel: o, channel: 1 }],
-        [tvec![n, pixels, k], tvec![n, output[0], output[1], o]],
+        (
+            Input { batch: c * hp * wp, pixels: corners, channels: taps },
+            Strides { batch: pixels * o, pixel: o, channel: 1 },
+        ),
+        [tvec![n, c, hp, wp], tvec![n, output[0], output[1], o]],
     )?;
     let input = [shape[0], shape[1], shape[2], shape[3]];
-    Ok(Some((Im2colConv { input, kernel: [kh, kw], stride, pad_before, output, rows: Arc::new(rows) }, last)))
+    Ok(Some((Im2colConv { input, pad, rows: Arc::new(rows) }, last)))
 }
 
 /// Replaces every dense convolution over at most [`MAX_ROW`] channels x

@@ -37,6 +37,28 @@ pub struct Strides {
     pub channel: usize,
 }
 
+/// Where the op reads input value `(b, p, i)`: at `b * batch + pixels[p] +
+/// channels[i]` in the flat input. Offset tables rather than strides, so
+/// that a convolution's windows read as rows (`channels` the taps'
+/// offsets from the window's corner, `pixels` the corners).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Input {
+    pub batch: usize,
+    pub pixels: Vec<usize>,
+    pub channels: Vec<usize>,
+}
+
+impl Input {
+    /// The offsets of a strided `[batch, pixel, channel]` view.
+    pub fn strided(s: Strides, pixels: usize, channels: usize) -> Input {
+        Input {
+            batch: s.batch,
+            pixels: (0..pixels).map(|p| p * s.pixel).collect(),
+            channels: (0..channels).map(|i| i * s.channel).collect(),
+        }
+    }
+}
+
 /// A 1x1 convolution `y[b, p, :] = act(W x[b, p, :] + bias) (+ r[b, p, :])`
 /// over `batch` images of `pixels` pixels each, the weights held by the op.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,13 +74,14 @@ pub struct Pointwise {
     /// `[ceil(cout / width), cin, width]`: per block of output channels,
     /// one row of weights per input channel, zero past `cout`.
     pub weights: Arc<Tensor>,
-    /// `[cout]`, zero where the graph had no bias.
+    /// `[ceil(cout / width) * width]`, zero past `cout` and where the
+    /// graph had no bias.
     pub bias: Arc<Tensor>,
     pub silu: bool,
     /// Whether a second input, shaped and laid out as the output, is added
     /// last.
     pub residual: bool,
-    pub x: Strides,
+    pub x: Input,
     pub y: Strides,
     pub input_shape: TVec<usize>,
     pub output_shape: TVec<usize>,
@@ -146,7 +169,7 @@ impl Pointwise {
         bias: &[f32],
         silu: bool,
         residual: bool,
-        [x, y]: [Strides; 2],
+        (x, y): (Input, Strides),
         [input_shape, output_shape]: [TVec<usize>; 2],
     ) -> TractResult<Pointwise> {
         Self::tiled(
@@ -157,7 +180,7 @@ impl Pointwise {
             bias,
             silu,
             residual,
-            [x, y],
+            (x, y),
             [input_shape, output_shape],
         )
     }
@@ -173,12 +196,14 @@ impl Pointwise {
         bias: &[f32],
         silu: bool,
         residual: bool,
-        [x, y]: [Strides; 2],
+        (x, y): (Input, Strides),
         [input_shape, output_shape]: [TVec<usize>; 2],
     ) -> TractResult<Pointwise> {
         ensure!(cin > 0 && cout > 0 && batch > 0 && pixels > 0 && bias.len() == cout);
         ensure!(matches!((tile, width), (6, 16) | (4, 24) | (6, 32) | (4, 48)), "no {tile}x{width} tile");
         let blocks = cout.div_ceil(width);
+        let mut padded_bias = bias.to_vec();
+        padded_bias.resize(blocks * width, 0.0);
         let mut packed = vec![0f32; blocks * cin * width];
         for o in 0..cout {
             for i in 0..cin {
@@ -193,7 +218,7 @@ impl Pointwise {
             tile,
             width,
             weights: Arc::new(Tensor::from_shape(&[blocks, cin, width], &packed)?),
-            bias: Arc::new(Tensor::from_shape(&[cout], bias)?),
+            bias: Arc::new(Tensor::from_shape(&[blocks * width], &padded_bias)?),
             silu,
             residual,
             x,
@@ -215,9 +240,12 @@ impl Pointwise {
     fn run(&self, x: &[f32], weights: &[f32], bias: &[f32], r: Option<&[f32]>, y: &mut [f32]) -> TractResult<()> {
         // Every input offset the kernel forms must lie in `x`: it reads
         // without bounds checks.
-        let last = (self.batch - 1) * self.x.batch + (self.pixels - 1) * self.x.pixel + (self.cin - 1) * self.x.channel;
+        let far = |o: &[usize]| o.iter().copied().max().unwrap_or(0);
+        ensure!(self.x.pixels.len() == self.pixels && self.x.channels.len() == self.cin, "Pointwise offset tables");
+        let last = (self.batch - 1) * self.x.batch + far(&self.x.pixels) + far(&self.x.channels);
         ensure!(last < x.len(), "Pointwise input too short");
-        ensure!(weights.len() == self.cout.div_ceil(self.width) * self.cin * self.width && bias.len() == self.cout);
+        let blocks = self.cout.div_ceil(self.width);
+        ensure!(weights.len() == blocks * self.cin * self.width && bias.len() == blocks * self.width);
         let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
         let direct = self.y.channel == 1 && self.y.pixel == self.cout;
         let mut scratch = if direct { vec![] } else { vec![0f32; self.tile * self.cout] };
@@ -228,13 +256,10 @@ impl Pointwise {
                 // its last pixel and drops those rows.
                 let mut offsets = [0usize; MAX_TILE];
                 for (p, o) in offsets[..self.tile].iter_mut().enumerate() {
-                    *o = b * self.x.batch + (p0 + p).min(self.pixels - 1) * self.x.pixel;
+                    *o = b * self.x.batch + self.x.pixels[(p0 + p).min(self.pixels - 1)];
                 }
                 let finish = |band: &mut [f32]| -> TractResult<()> {
-                    self.band(x, &offsets, weights, band);
-                    for row in band.chunks_exact_mut(self.cout) {
-                        crate::simd::add(row, bias);
-                    }
+                    self.band(x, &offsets, weights, bias, band);
                     if let Some(silu) = &silu {
                         silu.run(band)?;
                     }
@@ -267,8 +292,8 @@ impl Pointwise {
 
     /// One band of `rows` pixels, every output channel, into `band`
     /// (`[rows, cout]`), with the widest vector unit this CPU has.
-    fn band(&self, x: &[f32], offsets: &[usize; MAX_TILE], weights: &[f32], band: &mut [f32]) {
-        let k = Kernel { cin: self.cin, cout: self.cout, xc: self.x.channel };
+    fn band(&self, x: &[f32], offsets: &[usize; MAX_TILE], weights: &[f32], bias: &[f32], band: &mut [f32]) {
+        let k = Kernel { cin: self.cin, cout: self.cout, channels: &self.x.channels };
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: each arm runs a function built for features this CPU
@@ -276,18 +301,18 @@ impl Pointwise {
             let avx512 = std::arch::is_x86_feature_detected!("avx512f");
             let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
             match (self.tile, self.width) {
-                (6, 32) if avx512 => return unsafe { band_avx512::<6, 32>(&k, x, offsets, weights, band) },
-                (4, 48) if avx512 => return unsafe { band_avx512::<4, 48>(&k, x, offsets, weights, band) },
-                (6, 16) if avx2 => return unsafe { band_avx2::<6, 16>(&k, x, offsets, weights, band) },
-                (4, 24) if avx2 => return unsafe { band_avx2::<4, 24>(&k, x, offsets, weights, band) },
+                (6, 32) if avx512 => return unsafe { band_avx512::<6, 32>(&k, x, offsets, weights, bias, band) },
+                (4, 48) if avx512 => return unsafe { band_avx512::<4, 48>(&k, x, offsets, weights, bias, band) },
+                (6, 16) if avx2 => return unsafe { band_avx2::<6, 16>(&k, x, offsets, weights, bias, band) },
+                (4, 24) if avx2 => return unsafe { band_avx2::<4, 24>(&k, x, offsets, weights, bias, band) },
                 _ => {}
             }
         }
         match (self.tile, self.width) {
-            (6, 32) => band_body::<6, 32>(&k, x, offsets, weights, band),
-            (4, 48) => band_body::<4, 48>(&k, x, offsets, weights, band),
-            (6, 16) => band_body::<6, 16>(&k, x, offsets, weights, band),
-            _ => band_body::<4, 24>(&k, x, offsets, weights, band),
+            (6, 32) => band_body::<6, 32>(&k, x, offsets, weights, bias, band),
+            (4, 48) => band_body::<4, 48>(&k, x, offsets, weights, bias, band),
+            (6, 16) => band_body::<6, 16>(&k, x, offsets, weights, bias, band),
+            _ => band_body::<4, 24>(&k, x, offsets, weights, bias, band),
         }
     }
 }
@@ -300,11 +325,11 @@ const PREFETCH: usize = 16;
 const MAX_TILE: usize = 6;
 
 /// What the register kernel needs of the op.
-struct Kernel {
+struct Kernel<'a> {
     cin: usize,
     cout: usize,
-    /// Input stride between channels.
-    xc: usize,
+    /// Input offset of each channel from a pixel's.
+    channels: &'a [usize],
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -314,9 +339,10 @@ fn band_avx512<const P: usize, const W: usize>(
     x: &[f32],
     offsets: &[usize; MAX_TILE],
     weights: &[f32],
+    bias: &[f32],
     band: &mut [f32],
 ) {
-    band_body::<P, W>(k, x, offsets, weights, band)
+    band_body::<P, W>(k, x, offsets, weights, bias, band)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -326,9 +352,10 @@ fn band_avx2<const P: usize, const W: usize>(
     x: &[f32],
     offsets: &[usize; MAX_TILE],
     weights: &[f32],
+    bias: &[f32],
     band: &mut [f32],
 ) {
-    band_body::<P, W>(k, x, offsets, weights, band)
+    band_body::<P, W>(k, x, offsets, weights, bias, band)
 }
 
 /// Every block of `W` output channels for the tile's `P` pixels; inlined
@@ -340,12 +367,13 @@ fn band_body<const P: usize, const W: usize>(
     x: &[f32],
     offsets: &[usize; MAX_TILE],
     weights: &[f32],
+    bias: &[f32],
     band: &mut [f32],
 ) {
     let rows = band.len() / k.cout;
     for (block, w) in weights.chunks_exact(k.cin * W).enumerate() {
         let mut acc = [[0f32; W]; P];
-        for (i, w) in w.chunks_exact(W).enumerate() {
+        for (w, &ko) in w.chunks_exact(W).zip(k.channels) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a prefetch is a hint; it never faults, whatever the
             // address.
@@ -357,22 +385,33 @@ fn band_body<const P: usize, const W: usize>(
             for p in 0..P {
                 // SAFETY: `Pointwise::run` checked that the farthest offset
                 // (last image, pixel and channel) is inside `x`.
-                let v = unsafe { *x.get_unchecked(offsets[p] + i * k.xc) };
+                let v = unsafe { *x.get_unchecked(offsets[p] + ko) };
                 for j in 0..W {
                     acc[p][j] = v.mul_add(w[j], acc[p][j]);
                 }
             }
         }
         let o0 = block * W;
+        // The bias after the sums, as tract adds it. (Index loops over
+        // copies: iterating `&mut acc` here made LLVM keep the sums in
+        // memory through the whole loop above, three times slower.)
+        let b: &[f32; W] = bias[o0..o0 + W].try_into().unwrap();
         let n = W.min(k.cout - o0);
-        for (p, acc) in acc.iter().enumerate().take(rows) {
+        for p in 0..P {
+            if p >= rows {
+                break;
+            }
+            let mut sums = acc[p];
+            for j in 0..W {
+                sums[j] += b[j];
+            }
             let row = &mut band[p * k.cout + o0..];
             if n == W {
                 // A fixed-size copy: vector stores, not a `memcpy` call.
                 let row: &mut [f32; W] = (&mut row[..W]).try_into().unwrap();
-                *row = *acc;
+                *row = sums;
             } else {
-                row[..n].copy_from_slice(&acc[..n]);
+                row[..n].copy_from_slice(&sums[..n]);
             }
         }
     }
@@ -528,10 +567,10 @@ fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Poi
         &bias,
         silu,
         residual.is_some(),
-        [
-            Strides { batch: xb, pixel: xpix, channel: x_strides[xi] as usize },
+        (
+            Input::strided(Strides { batch: xb, pixel: xpix, channel: x_strides[xi] as usize }, pixels, cin),
             Strides { batch: yb, pixel: ypix, channel: y_strides[yo] as usize },
-        ],
+        ),
         [x_shape.into(), y_shape.into()],
     )?;
     let mut wires = tvec![node.inputs[0]];
@@ -671,7 +710,8 @@ mod tests {
         let bias: Vec<f32> = (0..cout).map(|o| (o as f32 * 0.29).cos()).collect();
         let x: Vec<f32> = (0..pixels * cin).map(|k| (k as f32 * 0.37).cos()).collect();
         // Channel-first in (pixel stride 1), channel-last out.
-        let strides = [Strides { batch: 0, pixel: 1, channel: pixels }, Strides { batch: 0, pixel: cout, channel: 1 }];
+        let input = Input::strided(Strides { batch: 0, pixel: 1, channel: pixels }, pixels, cin);
+        let output = Strides { batch: 0, pixel: cout, channel: 1 };
         let mut want = vec![0f32; pixels * cout];
         for p in 0..pixels {
             for o in 0..cout {
@@ -688,7 +728,7 @@ mod tests {
                 &bias,
                 false,
                 false,
-                strides,
+                (input.clone(), output),
                 [tvec![cin, pixels], tvec![pixels, cout]],
             )
             .unwrap();
