@@ -3,11 +3,11 @@
 # onnxruntime (Python, one thread) on the same ONNX graph and input
 # (pruned to the feature layers for onnxruntime, as tract prunes it),
 # interleaved in one run. Prints a markdown table.
-#   bench/device-latency.sh [BUNDLE] [--rounds 3] [--runs 200]
+#   bench/device-latency.sh [BUNDLE] [--rounds 5] [--runs 200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=$(realpath "${1:-models/fashion-mnist-b0-base5}")
-rounds=3 runs=200
+rounds=5 runs=200
 shift || true
 while [ $# -gt 0 ]; do
   case "$1" in --rounds) rounds=$2 ;; --runs) runs=$2 ;; *) echo "unknown argument $1" >&2; exit 2 ;; esac
@@ -31,6 +31,8 @@ for r in $(seq "$rounds"); do
   GAUSSEDGE_TRACT_NCHW=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-nchw"/' >> "$out"
   # tract's matrix product for the squeeze-excitation, to show what MatVec buys.
   GAUSSEDGE_TRACT_MATVEC=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-mv"/' >> "$out"
+  # tract's matrix product for the dense convolutions (1x1 and the stem), to show what Pointwise and Im2colConv buy.
+  GAUSSEDGE_TRACT_DENSE=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-dense"/' >> "$out"
   # tract's own depthwise kernel (a generic loop on x86-64), to show what DepthwiseNhwc buys.
   GAUSSEDGE_TRACT_DEPTHWISE=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-dw"/' >> "$out"
   cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" --batch 8 >> "$out"
@@ -49,23 +51,34 @@ o2 = [r for r in rows if r["impl"] == "onnxruntime" and r.get("threads", 1) == 2
 tn = [r for r in rows if r["impl"] == "tract-nchw" and r["batch"] == 1]
 td = [r for r in rows if r["impl"] == "tract-dw" and r["batch"] == 1]
 tm = [r for r in rows if r["impl"] == "tract-mv" and r["batch"] == 1]
-tp = [r for r in rows if r["impl"] == "tract-pw" and r["batch"] == 1]
+tp = [r for r in rows if r["impl"] == "tract-dense" and r["batch"] == 1]
 t8 = [r for r in rows if r["impl"] == "tract" and r["batch"] == 8]
 o8 = [r for r in rows if r["impl"] == "onnxruntime" and r["batch"] == 8]
 m = lambda rs, k: statistics.median(r[k] for r in rs)
+
+
+def ratio(ts, os, k="backbone_us"):
+    """Median over rounds of each round's ratio (the two ran back to back,
+    so a slow spell of a shared machine hits both), and the range."""
+    rs = sorted(a[k] / b[k] for a, b in zip(ts, os))
+    if len(rs) == 1:
+        return f"{rs[0]:.2f}"
+    return f"{statistics.median(rs):.2f} ({rs[0]:.2f}-{rs[-1]:.2f})"
+
+
 c, h, w = t[0]["input"]
-print(f"{sys.argv[2]}: input {c}x{h}x{w}, batch 1, one thread, median of {len(t)} interleaved rounds x {t[0]['runs']} images\n")
+print(f"{sys.argv[2]}: input {c}x{h}x{w}, batch 1, one thread, median of {len(t)} interleaved rounds x {t[0]['runs']} images; ratios: median of the rounds' ratios (range)\n")
 print("| stage | gaussedge (tract) | onnxruntime | ratio tract / ort |")
 print("| --- | --- | --- | --- |")
 print(f"| preprocess (u8 frame -> f32) | {m(t,'preprocess_us'):.1f} µs | | |")
-print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(t,'backbone_us')/m(o,'backbone_us'):.2f} |")
+print(f"| backbone | {m(t,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(t, o)} |")
 print(f"| backbone, in the device loop (after each head update) | {m(t,'backbone_in_loop_us')/1e3:.2f} ms | | |")
-print(f"| backbone, tract's matrix product for the dense convolutions | {m(tp,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tp,'backbone_us')/m(o,'backbone_us'):.2f} |")
-print(f"| backbone, tract's matrix product for the SE | {m(tm,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tm,'backbone_us')/m(o,'backbone_us'):.2f} |")
-print(f"| backbone, tract's depthwise kernel | {m(td,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(td,'backbone_us')/m(o,'backbone_us'):.2f} |")
-print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {m(tn,'backbone_us')/m(o,'backbone_us'):.2f} |")
-print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {m(t8,'backbone_us')/m(o8,'backbone_us'):.2f} |")
-print(f"| backbone, 2 threads each | {m(t2,'backbone_us')/1e3:.2f} ms | {m(o2,'backbone_us')/1e3:.2f} ms | {m(t2,'backbone_us')/m(o2,'backbone_us'):.2f} |")
+print(f"| backbone, tract's matrix product for the dense convolutions | {m(tp,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(tp, o)} |")
+print(f"| backbone, tract's matrix product for the SE | {m(tm,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(tm, o)} |")
+print(f"| backbone, tract's depthwise kernel | {m(td,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(td, o)} |")
+print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(tn, o)} |")
+print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {ratio(t8, o8)} |")
+print(f"| backbone, 2 threads each | {m(t2,'backbone_us')/1e3:.2f} ms | {m(o2,'backbone_us')/1e3:.2f} ms | {ratio(t2, o2)} |")
 print(f"| head learn (K = 64) | {m(t,'head_learn_us'):.1f} µs | | |")
 print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | | |")
 print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {m(t,'load_ms')/m(o,'load_ms'):.2f} |")
