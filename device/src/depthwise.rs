@@ -271,14 +271,7 @@ fn depthwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         && conv.output_channels() == channels
         && channels > 1
         && spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1));
-    let (Some(kernel), Some(bias)) =
-        (model.outlet_fact(node.inputs[1])?.konst.clone(), model.outlet_fact(node.inputs[2])?.konst.clone())
-    else {
-        return Ok(None);
-    };
-    if !plain || kernel.datum_type() != f32::datum_type() || bias.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
+    let Some((kernel, bias)) = constants(model, node)?.filter(|_| plain) else { return Ok(None) };
     let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
     if kh * kw > MAX_TAPS || kernel.len() != channels * kh * kw || !(bias.len() == 1 || bias.len() == channels) {
         return Ok(None);
@@ -310,6 +303,20 @@ fn depthwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         weights: Arc::new(Tensor::from_shape(&[kh * kw, channels], &weights)?),
         bias: Arc::new(Tensor::from_shape(&[channels], &bias)?),
     }))
+}
+
+/// The kernel and bias of a `Conv` node when both are f32 constants.
+pub(crate) fn constants(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Arc<Tensor>, Arc<Tensor>)>> {
+    if node.inputs.len() != 3 {
+        return Ok(None);
+    }
+    let (kernel, bias) = (model.outlet_fact(node.inputs[1])?, model.outlet_fact(node.inputs[2])?);
+    Ok(match (&kernel.konst, &bias.konst) {
+        (Some(k), Some(b)) if k.datum_type() == f32::datum_type() && b.datum_type() == f32::datum_type() => {
+            Some((k.clone(), b.clone()))
+        }
+        _ => None,
+    })
 }
 
 /// A 2-D window's stride, zero rows and columns before the input, and

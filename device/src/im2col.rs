@@ -106,14 +106,7 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
         && spec.kernel_shape.iter().product::<usize>() > 1
         && conv.input_channels() * spec.kernel_shape.iter().product::<usize>() <= MAX_ROW
         && spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1));
-    let (Some(kernel), Some(bias)) =
-        (model.outlet_fact(node.inputs[1])?.konst.clone(), model.outlet_fact(node.inputs[2])?.konst.clone())
-    else {
-        return Ok(None);
-    };
-    if !plain || kernel.datum_type() != f32::datum_type() || bias.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
+    let Some((kernel, bias)) = crate::depthwise::constants(model, node)?.filter(|_| plain) else { return Ok(None) };
     let (c, o) = (conv.input_channels(), conv.output_channels());
     let [kh, kw] = [spec.kernel_shape[0], spec.kernel_shape[1]];
     if kernel.len() != o * c * kh * kw || !(bias.len() == 1 || bias.len() == o) {

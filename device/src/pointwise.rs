@@ -448,6 +448,9 @@ fn follower(
         return Ok(None);
     }
     let other = if node.inputs[0] == from { node.inputs[1] } else { node.inputs[0] };
+    if other == from {
+        return Ok(None);
+    }
     let fact = model.outlet_fact(other)?;
     let out = &node.outputs[0].fact;
     if fact.datum_type != f32::datum_type() || out.shape != model.outlet_fact(from)?.shape {
