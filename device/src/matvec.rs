@@ -88,37 +88,66 @@ impl TypedOp for MatVec {
     as_op!();
 }
 
-/// The op for an f32 einsum `x · W` where `W` is a constant `[O, I]` and
-/// every axis of `x` and of the output but `I` and `O` is a unit axis, or
-/// `None`.
-fn matvec_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<MatVec>> {
+/// An f32 einsum `x · W` of a graph with known shapes, whose second input
+/// is a constant `[O, I]` matrix: what the ops replacing such einsums
+/// ([`MatVec`], [`crate::pointwise::Pointwise`]) read of it.
+pub(crate) struct WeightedEinsum {
+    pub x_shape: TVec<usize>,
+    pub y_shape: TVec<usize>,
+    /// `[O, I]`.
+    pub w: Arc<Tensor>,
+    /// Axis labels of `x` and of the output, one per axis.
+    pub xa: Vec<char>,
+    pub ya: Vec<char>,
+    /// The labels of `W`'s axes, distinct.
+    pub o_axis: char,
+    pub i_axis: char,
+}
+
+/// The node as a [`WeightedEinsum`], or `None`.
+pub(crate) fn weighted_einsum(model: &TypedModel, node: &TypedNode) -> TractResult<Option<WeightedEinsum>> {
     let Some(einsum) = node.op_as::<EinSum>() else { return Ok(None) };
     if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
         return Ok(None);
     }
     let x = model.outlet_fact(node.inputs[0])?;
     let Some(w) = model.outlet_fact(node.inputs[1])?.konst.clone() else { return Ok(None) };
-    let (Some(x_shape), Some(out_shape)) = (x.shape.as_concrete(), node.outputs[0].fact.shape.as_concrete()) else {
+    let (Some(x_shape), Some(y_shape)) = (x.shape.as_concrete(), node.outputs[0].fact.shape.as_concrete()) else {
         return Ok(None);
     };
     if x.datum_type != f32::datum_type() || w.datum_type() != f32::datum_type() || w.rank() != 2 {
         return Ok(None);
     }
     let (inputs, outputs) = einsum.axes.to_strs();
-    let [xs, ws] = &inputs[..] else { return Ok(None) };
-    let [ys] = &outputs[..] else { return Ok(None) };
-    let (xs, ws, ys): (Vec<char>, Vec<char>, Vec<char>) =
-        (xs.chars().collect(), ws.chars().collect(), ys.chars().collect());
-    let [o_axis, i_axis] = ws[..] else { return Ok(None) };
+    let [xa, wa] = &inputs[..] else { return Ok(None) };
+    let [ya] = &outputs[..] else { return Ok(None) };
+    let (xa, wa, ya): (Vec<char>, Vec<char>, Vec<char>) =
+        (xa.chars().collect(), wa.chars().collect(), ya.chars().collect());
+    let [o_axis, i_axis] = wa[..] else { return Ok(None) };
+    if o_axis == i_axis || xa.len() != x_shape.len() || ya.len() != y_shape.len() {
+        return Ok(None);
+    }
+    Ok(Some(WeightedEinsum { x_shape: x_shape.into(), y_shape: y_shape.into(), w, xa, ya, o_axis, i_axis }))
+}
+
+/// The op for an f32 einsum `x · W` where `W` is a constant `[O, I]` and
+/// every axis of `x` and of the output but `I` and `O` is a unit axis, or
+/// `None`.
+fn matvec_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<MatVec>> {
+    let Some(WeightedEinsum { x_shape, y_shape: out_shape, w, xa: xs, ya: ys, o_axis, i_axis }) =
+        weighted_einsum(model, node)?
+    else {
+        return Ok(None);
+    };
+    let ws = [o_axis, i_axis];
     let (o, i) = (w.shape()[0], w.shape()[1]);
     let unit_but = |axes: &[char], shape: &[usize], keep: char, size: usize| {
         axes.len() == shape.len()
             && axes.iter().filter(|&&a| a == keep).count() == 1
             && axes.iter().zip(shape).all(|(&a, &d)| if a == keep { d == size } else { d == 1 && !ws.contains(&a) })
     };
-    let fits = o_axis != i_axis
-        && unit_but(&xs, x_shape, i_axis, i)
-        && unit_but(&ys, out_shape, o_axis, o)
+    let fits = unit_but(&xs, &x_shape, i_axis, i)
+        && unit_but(&ys, &out_shape, o_axis, o)
         && !ys.contains(&i_axis)
         && !xs.contains(&o_axis);
     if !fits {
@@ -133,7 +162,7 @@ fn matvec_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<MatVec>
         }
     }
     let shape = if by_output { [o, i] } else { [i, o] };
-    Ok(Some(MatVec { weights: Arc::new(Tensor::from_shape(&shape, &weights)?), by_output, output: out_shape.into() }))
+    Ok(Some(MatVec { weights: Arc::new(Tensor::from_shape(&shape, &weights)?), by_output, output: out_shape }))
 }
 
 /// Replaces every matrix-vector einsum of a decluttered graph with

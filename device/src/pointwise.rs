@@ -26,8 +26,9 @@ use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+
+use crate::matvec::{weighted_einsum, WeightedEinsum};
 
 /// Where a value of a `[batch, pixel, channel]` view lies in a flat tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -501,26 +502,12 @@ fn group_pixels(sizes: &[usize], xs: &[usize], ys: &[usize]) -> Option<(usize, u
 /// residual add that follow it; and the outlet it replaces. `None` where
 /// the node is not one.
 fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Pointwise, TVec<OutletId>, OutletId)>> {
-    let Some(einsum) = node.op_as::<EinSum>() else { return Ok(None) };
-    if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let x = model.outlet_fact(node.inputs[0])?;
-    let Some(w) = model.outlet_fact(node.inputs[1])?.konst.clone() else { return Ok(None) };
-    let (Some(x_shape), Some(y_shape)) = (x.shape.as_concrete(), node.outputs[0].fact.shape.as_concrete()) else {
+    let Some(WeightedEinsum { x_shape, y_shape, w, xa, ya, o_axis, i_axis }) = weighted_einsum(model, node)? else {
         return Ok(None);
     };
-    if x.datum_type != f32::datum_type() || w.datum_type() != f32::datum_type() || w.rank() != 2 {
-        return Ok(None);
-    }
-    let (inputs, outputs) = einsum.axes.to_strs();
-    let [xa, wa] = &inputs[..] else { return Ok(None) };
-    let [ya] = &outputs[..] else { return Ok(None) };
-    let (xa, wa, ya): (Vec<char>, Vec<char>, Vec<char>) =
-        (xa.chars().collect(), wa.chars().collect(), ya.chars().collect());
-    let [o_axis, i_axis] = wa[..] else { return Ok(None) };
+    let (x_shape, y_shape) = (&x_shape[..], &y_shape[..]);
     let (cout, cin) = (w.shape()[0], w.shape()[1]);
-    if xa.len() != x_shape.len() || ya.len() != y_shape.len() || o_axis == i_axis || cin == 0 || cout == 0 {
+    if cin == 0 || cout == 0 {
         return Ok(None);
     }
     let (Some(xi), Some(yo)) = (xa.iter().position(|&a| a == i_axis), ya.iter().position(|&a| a == o_axis)) else {
@@ -623,6 +610,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::tract_core::ops::einsum::EinSum;
     use tract_onnx::tract_core::ops::math::add;
     use tract_onnx::tract_core::ops::nn::Silu;
 
