@@ -277,7 +277,9 @@ fn depthwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         return Ok(None);
     }
     let r = shape.len();
-    let Some((stride, pad_before, output)) = window(spec, [shape[r - 2], shape[r - 1]]) else { return Ok(None) };
+    let Some(Window { stride, pad_before, output, .. }) = window(spec, [shape[r - 2], shape[r - 1]]) else {
+        return Ok(None);
+    };
     // Kernel to [tap, channel] whatever its declared layout.
     let view = kernel.to_plain_array_view::<f32>()?;
     let mut weights = vec![0f32; kh * kw * channels];
@@ -319,13 +321,23 @@ pub(crate) fn constants(model: &TypedModel, node: &TypedNode) -> TractResult<Opt
     })
 }
 
-/// A 2-D window's stride, zero rows and columns before the input, and
-/// output size over an `input`-sized plane; `None` for geometry the ops of
-/// this crate do not cover (dilation is checked by the caller; ceil-mode
-/// padding, a kernel larger than the padded input).
-pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<([usize; 2], [usize; 2], [usize; 2])> {
+/// A 2-D window's geometry over an input plane, per axis (rows, columns).
+pub(crate) struct Window {
+    pub stride: [usize; 2],
+    /// Zero rows (columns) before the input.
+    pub pad_before: [usize; 2],
+    /// Zero rows (columns) after it.
+    pub pad_after: [usize; 2],
+    pub output: [usize; 2],
+}
+
+/// The window `spec` slides over an `input`-sized plane; `None` for
+/// geometry the ops of this crate do not cover (dilation is checked by the
+/// caller; ceil-mode padding, a kernel larger than the padded input).
+pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<Window> {
     let stride = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
     let mut pad_before = [0; 2];
+    let mut pad_after = [0; 2];
     let mut output = [0; 2];
     for a in 0..2 {
         let k = spec.kernel_shape[a];
@@ -348,9 +360,10 @@ pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<([usize; 2], 
             return None;
         }
         pad_before[a] = before;
+        pad_after[a] = after;
         output[a] = (input[a] + before + after - k) / stride[a] + 1;
     }
-    Some((stride, pad_before, output))
+    Some(Window { stride, pad_before, pad_after, output })
 }
 
 /// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and

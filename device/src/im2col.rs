@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::pointwise::{Input, Pointwise, Strides};
+use crate::depthwise::{window, Window};
+use crate::pointwise::{is_silu, sole_successor, Input, Pointwise, Strides};
 
 /// Input channels times taps the op takes (a row of the gathered
 /// windows); wider convolutions stay with tract, whose packing is then
@@ -112,12 +112,9 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
     if kernel.len() != o * c * kh * kw || !(bias.len() == 1 || bias.len() == o) {
         return Ok(None);
     }
-    let Some((stride, pad_before, output)) = crate::depthwise::window(spec, [shape[2], shape[3]]) else {
+    let Some(Window { stride, pad_before, pad_after, output }) = window(spec, [shape[2], shape[3]]) else {
         return Ok(None);
     };
-    // Padding after: what the last window needs past the image.
-    let after =
-        |a: usize| ((output[a] - 1) * stride[a] + spec.kernel_shape[a]).saturating_sub(shape[2 + a] + pad_before[a]);
     let view = kernel.to_plain_array_view::<f32>()?;
     let weight = |oc: usize, k: usize| {
         let (ch, tap) = (k / (kh * kw), k % (kh * kw));
@@ -131,18 +128,14 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
     let bias: Vec<f32> = bias.to_plain_array_view::<f32>()?.iter().copied().collect();
     let bias = if bias.len() == 1 { vec![bias[0]; o] } else { bias };
     // The SiLU after it, if it is the convolution's only reader.
-    let mut last = OutletId::new(node.id, 0);
-    let succ = &node.outputs[0].successors;
-    let silu = succ.len() == 1
-        && !model.output_outlets()?.contains(&last)
-        && model.node(succ[0].node).op_as::<ElementWiseOp>().is_some_and(|e| e.0.name() == "Silu" && e.1.is_none());
-    if silu {
-        last = OutletId::new(succ[0].node, 0);
-    }
+    let conv_out = OutletId::new(node.id, 0);
+    let silu = sole_successor(model, conv_out).filter(|&s| is_silu(model.node(s)));
+    let last = silu.map_or(conv_out, |s| OutletId::new(s, 0));
+    let silu = silu.is_some();
     let (n, pixels, k) = (shape[0], output[0] * output[1], c * kh * kw);
     // In the padded image: each output pixel's window corner, each
     // (channel, tap row, tap column)'s offset from it.
-    let pad = [pad_before[0], after(0), pad_before[1], after(1)];
+    let pad = [pad_before[0], pad_after[0], pad_before[1], pad_after[1]];
     let (hp, wp) = (shape[2] + pad[0] + pad[1], shape[3] + pad[2] + pad[3]);
     let corners = (0..pixels).map(|p| (p / output[1] * stride[0]) * wp + p % output[1] * stride[1]).collect();
     let taps = (0..k).map(|i| (i / (kh * kw)) * hp * wp + (i % (kh * kw) / kw) * wp + i % kw).collect();
@@ -189,6 +182,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 mod tests {
     use super::*;
     use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
     use tract_onnx::tract_core::ops::nn::Silu;
 
     /// One test convolution.

@@ -125,20 +125,17 @@ impl EvalOp for Pointwise {
             inputs[0].shape(),
             self.input_shape
         );
-        // SAFETY: `run` writes every output value (each pixel's band, every
-        // channel) before the tensor is read.
+        // SAFETY: `run_into` writes every output value (each pixel's band,
+        // every channel) before the tensor is read.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         let mut ram = out.try_as_plain_ram_mut()?;
         let y = ram.as_slice_mut::<f32>()?;
-        let weights = self.weights.try_as_plain_ram()?;
-        let bias = self.bias.try_as_plain_ram()?;
-        let (weights, bias) = (weights.as_slice::<f32>()?, bias.as_slice::<f32>()?);
         crate::flat::with_values(&inputs[0], |x| {
             if self.residual {
                 ensure!(inputs[1].shape() == &*self.output_shape, "Pointwise residual {:?}", inputs[1].shape());
-                crate::flat::with_values(&inputs[1], |r| self.run(x, weights, bias, Some(r), y))
+                crate::flat::with_values(&inputs[1], |r| self.run_into(x, Some(r), y))
             } else {
-                self.run(x, weights, bias, None, y)
+                self.run_into(x, None, y)
             }
         })?;
         Ok(tvec!(out.into_tvalue()))
@@ -159,9 +156,10 @@ impl TypedOp for Pointwise {
 
 impl Pointwise {
     /// The op for `[cin, cout]` channels over `[batch, pixels]` pixels,
-    /// weight `(o, i)` from `weight`, the input and output walked with
-    /// `strides` and shaped `shapes`; picks the register tile for this CPU
-    /// and packs the weights for it.
+    /// weight `(o, i)` from `weight`, the input read through `x`'s offsets
+    /// and the output written with `y`'s strides, the two shaped as the
+    /// last argument says; picks the register tile for this CPU and packs
+    /// the weights for it.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         [cin, cout]: [usize; 2],
@@ -230,15 +228,11 @@ impl Pointwise {
     }
 
     /// The whole convolution of `x` (and residual `r`) into `y`, each a
-    /// flat tensor in the layout the op's strides describe.
+    /// flat tensor in the layout the op's offsets and strides describe.
     pub(crate) fn run_into(&self, x: &[f32], r: Option<&[f32]>, y: &mut [f32]) -> TractResult<()> {
         let weights = self.weights.try_as_plain_ram()?;
         let bias = self.bias.try_as_plain_ram()?;
-        self.run(x, weights.as_slice::<f32>()?, bias.as_slice::<f32>()?, r, y)
-    }
-
-    /// The whole convolution into `y` (the output, in its layout).
-    fn run(&self, x: &[f32], weights: &[f32], bias: &[f32], r: Option<&[f32]>, y: &mut [f32]) -> TractResult<()> {
+        let (weights, bias) = (weights.as_slice::<f32>()?, bias.as_slice::<f32>()?);
         // Every input offset the kernel forms must lie in `x`: it reads
         // without bounds checks.
         let far = |o: &[usize]| o.iter().copied().max().unwrap_or(0);
@@ -271,7 +265,7 @@ impl Pointwise {
                     let band = &mut y[start..][..rows * self.cout];
                     finish(band)?;
                     if let Some(r) = r {
-                        crate::simd::add(band, &r[start..][..rows * self.cout]);
+                        crate::simd::sum_rows(band, &r[start..][..rows * self.cout]);
                     }
                     continue;
                 }
@@ -386,7 +380,7 @@ fn band_body<const P: usize, const W: usize>(
             }
             let w: &[f32; W] = w.try_into().unwrap();
             for p in 0..P {
-                // SAFETY: `Pointwise::run` checked that the farthest offset
+                // SAFETY: `Pointwise::run_into` checked that the farthest offset
                 // (last image, pixel and channel) is inside `x`.
                 let v = unsafe { *x.get_unchecked(offsets[p] + ko) };
                 for j in 0..W {
@@ -441,8 +435,8 @@ fn follower(
     o_pos: usize,
     cout: usize,
 ) -> TractResult<Option<Follower>> {
-    if let Some(op) = node.op_as::<ElementWiseOp>() {
-        return Ok((op.0.name() == "Silu" && op.1.is_none()).then_some(Follower::Silu));
+    if node.op_is::<ElementWiseOp>() {
+        return Ok(is_silu(node).then_some(Follower::Silu));
     }
     let Some(op) = node.op_as::<TypedBinOp>() else { return Ok(None) };
     if op.0.name() != "Add" || op.1.is_some() || node.inputs.len() != 2 {
@@ -469,21 +463,24 @@ fn follower(
     Ok((fact.shape == out.shape).then_some(Follower::Residual(other)))
 }
 
+/// Whether the node is tract's f32 SiLU.
+pub(crate) fn is_silu(node: &TypedNode) -> bool {
+    node.op_as::<ElementWiseOp>().is_some_and(|op| op.0.name() == "Silu" && op.1.is_none())
+}
+
 /// The only consumer of `outlet`, if it has exactly one and is not a model
 /// output.
-fn sole_successor(model: &TypedModel, outlet: OutletId) -> Option<usize> {
+pub(crate) fn sole_successor(model: &TypedModel, outlet: OutletId) -> Option<usize> {
     let succ = &model.node(outlet.node).outputs[outlet.slot].successors;
     (succ.len() == 1 && !model.output_outlets().ok()?.contains(&outlet)).then(|| succ[0].node)
 }
 
-/// Pixel axes grouped as `[batch, pixel]` (sizes and strides in `x` and
-/// `y`), or `None` where one stride per group cannot walk them.
+/// Pixel axes (at least one) grouped as `[batch, pixel]` (sizes and
+/// strides in `x` and `y`), or `None` where one stride per group cannot
+/// walk them.
 fn group_pixels(sizes: &[usize], xs: &[usize], ys: &[usize]) -> Option<(usize, usize, [usize; 2], [usize; 2])> {
     let merges = |s: &[usize], a: usize, b: usize| (a..b - 1).all(|i| s[i] == s[i + 1] * sizes[i + 1]);
     let n = sizes.len();
-    if n == 0 {
-        return Some((1, 1, [0, 0], [0, 0]));
-    }
     // The longest suffix both layouts walk with one stride is the pixel
     // group; the rest must be one batch group.
     let split = (0..n).find(|&s| merges(xs, s, n) && merges(ys, s, n))?;
@@ -534,16 +531,11 @@ fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Poi
 
     // What follows: a bias add, then a SiLU or a residual add.
     let mut last = OutletId::new(node.id, 0);
-    let mut bias = vec![0f32; cout];
-    let (mut silu, mut residual) = (false, None);
-    let mut seen_bias = false;
+    let (mut bias, mut silu, mut residual) = (None, false, None);
     while let Some(next) = sole_successor(model, last) {
         let next = model.node(next);
         match follower(model, next, last, yo, cout)? {
-            Some(Follower::Bias(b)) if !seen_bias && !silu && residual.is_none() => {
-                bias = b;
-                seen_bias = true;
-            }
+            Some(Follower::Bias(b)) if bias.is_none() && !silu && residual.is_none() => bias = Some(b),
             Some(Follower::Silu) if !silu && residual.is_none() => silu = true,
             Some(Follower::Residual(r)) if !silu && residual.is_none() => residual = Some(r),
             _ => break,
@@ -556,7 +548,7 @@ fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Poi
         [cin, cout],
         [batch, pixels],
         |o, i| view[[o, i]],
-        &bias,
+        &bias.unwrap_or_else(|| vec![0.0; cout]),
         silu,
         residual.is_some(),
         (

@@ -71,15 +71,6 @@ vectorized! {
 }
 
 vectorized! {
-    /// Adds `other` to `values`, element by element (equal lengths).
-    pub fn add(values: &mut [f32], other: &[f32]) {
-        for (v, o) in values.iter_mut().zip(other) {
-            *v += o;
-        }
-    }
-}
-
-vectorized! {
     /// The sum of `values`, in sixteen interleaved partial sums (one
     /// running sum is a chain of dependent adds, 4 cycles each).
     pub fn sum(values: &[f32]) -> f32 {
@@ -136,14 +127,9 @@ mod tests {
         sum_rows(&mut sum, &values);
         let mut shifted = values.clone();
         add_scalar(&mut shifted, 0.25);
-        let mut added = values.clone();
-        add(&mut added, &values[1..]);
         for (i, v) in values.iter().enumerate() {
             assert_eq!(scaled[i], v * scale[i % 37]);
             assert_eq!(shifted[i], v + 0.25);
-            if i + 1 < values.len() {
-                assert_eq!(added[i], v + values[i + 1]);
-            }
         }
         for (c, s) in sum.iter().enumerate() {
             let want = (0..7).fold(0.0f32, |acc, r| acc + values[r * 37 + c]);
