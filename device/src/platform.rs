@@ -4,25 +4,28 @@
 //! and a dataset; a microcontroller would with its NPU, flash and sensor.
 
 use gaussedge_shared::stats::Preprocess;
-use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, Text, UploadTarget};
+use gaussedge_shared::wire::{self, BundleFile, Detail, ErrorCode, FrameFormat, UploadTarget};
+
+/// Longest detail of a [`Fault`], in bytes: platform messages are short, and
+/// a fault travels by value through every platform call's `Result`.
+pub const MAX_FAULT_DETAIL: usize = 96;
 
 /// A failure of the platform, reported to the host as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     pub code: ErrorCode,
-    pub detail: Text,
+    pub detail: heapless::String<MAX_FAULT_DETAIL>,
 }
 
 impl Fault {
-    /// A fault with a detail message, truncated to fit.
+    /// A fault with a detail message, cut at a word if it does not fit.
     pub fn new(code: ErrorCode, detail: &str) -> Self {
-        let mut t = Text::new();
-        for c in detail.chars() {
-            if t.push(c).is_err() {
-                break;
-            }
-        }
-        Fault { code, detail: t }
+        Fault { code, detail: wire::cut_text(&detail) }
+    }
+
+    /// The detail as an error response carries it.
+    pub fn wire_detail(&self) -> Detail {
+        wire::detail(&self.detail.as_str())
     }
 }
 

@@ -70,37 +70,16 @@ pub struct Server<'a, S: Storage, P: Platform> {
     counters: Stats,
 }
 
-fn text(s: &str) -> Text {
-    Fault::new(ErrorCode::BadRequest, s).detail
-}
-
 fn error(code: ErrorCode, detail: &str) -> Response {
-    Response::Error { code, detail: text(detail) }
+    Response::Error { code, detail: wire::detail(&detail) }
 }
 
 fn fault(f: Fault) -> Response {
-    Response::Error { code: f.code, detail: f.detail }
+    Response::Error { code: f.code, detail: f.wire_detail() }
 }
 
-/// A `core::fmt::Write` into a [`Text`], dropping what does not fit.
-struct Truncating(Text);
-
-impl core::fmt::Write for Truncating {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for c in s.chars() {
-            if self.0.push(c).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn display(e: &dyn core::fmt::Display) -> Text {
-    use core::fmt::Write;
-    let mut t = Truncating(Text::new());
-    let _ = write!(t, "{e}");
-    t.0
+fn display(e: &dyn core::fmt::Display) -> wire::Detail {
+    wire::detail(e)
 }
 
 fn head_error(e: HeadError) -> Response {
@@ -116,7 +95,9 @@ fn head_error(e: HeadError) -> Response {
         HeadError::ExtendUnsupported => ErrorCode::Unsupported,
         HeadError::NoClasses => ErrorCode::NoClasses,
         HeadError::NotPositiveDefinite { .. } => ErrorCode::NotPositiveDefinite,
-        HeadError::StorageSize { .. } => ErrorCode::Storage,
+        HeadError::StorageSize { .. } | HeadError::TooLarge { .. } => ErrorCode::Storage,
+        HeadError::InvalidSetting(_) => ErrorCode::BadRequest,
+        HeadError::CountOverflow => ErrorCode::Full,
     };
     Response::Error { code, detail: display(&e) }
 }
@@ -160,7 +141,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 let expect = stats::Expect { backbone_sha256: Some(backbone.sha256) };
                 if !base.is_empty() {
                     stats::load(&mut head, base, &expect)
-                        .map_err(|e| Fault { code: ErrorCode::BadStats, detail: display(&e) })?;
+                        .map_err(|e| Fault { code: ErrorCode::BadStats, detail: wire::cut_text(&e) })?;
                 }
             }
         }

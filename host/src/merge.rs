@@ -8,7 +8,7 @@
 //! scatter gains `sum_i n_i (m_i - m)(m_i - m)^T` (count weighting only).
 
 use anyhow::{bail, ensure, Result};
-use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
+use gaussedge_shared::head::{GaussianHead, OwnedStorage};
 use gaussedge_shared::linalg::syr;
 use gaussedge_shared::stats::{self, ClassRecord, StatsHeader};
 use gaussedge_shared::Weighting;
@@ -20,16 +20,7 @@ struct Parsed {
 }
 
 fn parse(bytes: &[u8]) -> Result<Parsed> {
-    let header = stats::read_header(bytes)?;
-    let config = HeadConfig {
-        dim: header.dim as usize,
-        capacity: header.classes.max(1) as usize,
-        weighting: header.weighting,
-        settings: header.settings,
-        transform: header.transform,
-    };
-    let mut head = GaussianHead::with_capacity(config)?;
-    stats::load(&mut head, bytes, &stats::Expect::default())?;
+    let (head, header) = GaussianHead::from_stats(bytes, 1, &stats::Expect::default())?;
     Ok(Parsed { header, head })
 }
 
@@ -135,14 +126,7 @@ pub fn merge(files: &[Vec<u8>], base: Option<&[u8]>) -> Result<GaussianHead<Owne
     let refs: Vec<(ClassRecord, &[f64])> = merged.iter().map(|(r, m)| (r.clone(), m.as_slice())).collect();
     let center = first.transform.center_l2.then(|| parsed[0].head.center().to_vec());
     let bytes = stats::encode_parts(&header, &refs, center.as_deref(), &pooled);
-    let mut head = GaussianHead::with_capacity(HeadConfig {
-        dim: d,
-        capacity: merged.len().max(1),
-        weighting: first.weighting,
-        settings: first.settings,
-        transform: first.transform,
-    })?;
-    stats::load(&mut head, &bytes, &stats::Expect::default())?;
+    let (mut head, _) = GaussianHead::from_stats(&bytes, merged.len(), &stats::Expect::default())?;
     for (slot, (record, mean)) in merged.iter().enumerate() {
         let parts = &classes[record.label.as_str()];
         if parts.len() > 1 {

@@ -56,6 +56,18 @@ pub struct HeadSettings {
     pub debias: bool,
 }
 
+impl HeadSettings {
+    /// `Err(what)` if the regulariser's parameter is out of its range (a
+    /// ridge must be finite and non-negative, a shrinkage in `[0, 1]`).
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self.regularizer {
+            Regularizer::Ridge(l) if !(l.is_finite() && l >= 0.0) => Err("ridge is not a finite non-negative number"),
+            Regularizer::Shrinkage(a) if !(0.0..=1.0).contains(&a) => Err("shrinkage is not in [0, 1]"),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Tukey's power transform `x -> max(x + shift, 0)^exponent`. SiLU features
 /// reach down to about -0.28, so a shift makes them non-negative first.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -77,6 +89,20 @@ pub struct Transform {
 
 impl Transform {
     pub const IDENTITY: Transform = Transform { power: None, center_l2: false };
+
+    /// `Err(what)` if a parameter would make every transformed feature NaN
+    /// or infinite: a shift that is not finite, an exponent that is not a
+    /// positive finite number. Files and manifests are checked with it, so a
+    /// corrupt one is refused instead of turning every score into NaN.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self.power {
+            Some(p) if !p.shift.is_finite() => Err("Tukey power shift is not finite"),
+            Some(p) if !(p.exponent.is_finite() && p.exponent > 0.0) => {
+                Err("Tukey power exponent is not a positive finite number")
+            }
+            _ => Ok(()),
+        }
+    }
 
     /// Applies the transform to `x`, writing `out`. `center` is used only
     /// when `center_l2` is set.

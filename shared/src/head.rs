@@ -22,6 +22,11 @@ use core::ops::Range;
 
 /// Longest class label, in bytes.
 pub const MAX_LABEL: usize = 32;
+/// Most samples a class (and the whole head) may count: 2^48, far beyond
+/// any device's captures, and small enough that every count is exact in
+/// f64 and no sum of counts can overflow. A statistics file or a commit
+/// past it is refused.
+pub const MAX_COUNT: u64 = 1 << 48;
 /// A class label; fixed-size so class tables need no allocation.
 pub type Label = heapless::String<MAX_LABEL>;
 
@@ -116,6 +121,10 @@ mod owned {
         /// ever makes.
         pub fn with_capacity(config: HeadConfig) -> Result<Self, HeadError> {
             let layout = Layout { dim: config.dim, capacity: config.capacity };
+            if layout.checked_bytes().is_none() {
+                return Err(HeadError::TooLarge { dim: config.dim, capacity: config.capacity });
+            }
+            config.check()?;
             GaussianHead::new(OwnedStorage::new(layout), config)
         }
     }
@@ -173,6 +182,20 @@ impl Layout {
         let s = 2 * self.kd() + PER_CLASS * self.capacity + 2 * self.dim + 3 * tri_len(self.dim);
         s..s + 2 * self.dim
     }
+    /// [`bytes`](Self::bytes), or `None` where it overflows `usize` (a
+    /// dimension or capacity no storage could hold): check it before
+    /// allocating from sizes that came from outside.
+    pub fn checked_bytes(&self) -> Option<usize> {
+        let (d, k) = (self.dim, self.capacity);
+        let tri = d.checked_add(1)?.checked_mul(d)? / 2;
+        let floats = d
+            .checked_mul(k)?
+            .checked_mul(2)?
+            .checked_add(PER_CLASS.checked_mul(k)?)?
+            .checked_add(d.checked_mul(4)?)?
+            .checked_add(tri.checked_mul(3)?)?;
+        floats.checked_mul(core::mem::size_of::<f64>())?.checked_add(k.checked_mul(core::mem::size_of::<ClassSlot>())?)
+    }
     /// Length of the float arena.
     pub const fn floats(&self) -> usize {
         2 * self.dim * self.capacity + PER_CLASS * self.capacity + 4 * self.dim + 3 * tri_len(self.dim)
@@ -196,6 +219,18 @@ pub struct HeadConfig {
     pub weighting: Weighting,
     pub settings: HeadSettings,
     pub transform: Transform,
+}
+
+impl HeadConfig {
+    /// Refuses parameters no head can work with: a zero dimension or
+    /// capacity, a regulariser or transform parameter out of range.
+    pub fn check(&self) -> Result<(), HeadError> {
+        if self.dim == 0 || self.capacity == 0 {
+            return Err(HeadError::TooLarge { dim: self.dim, capacity: self.capacity });
+        }
+        self.settings.check().map_err(HeadError::InvalidSetting)?;
+        self.transform.check().map_err(HeadError::InvalidSetting)
+    }
 }
 
 /// What went wrong. Every error leaves the head as it was (a failed commit
@@ -228,6 +263,12 @@ pub enum HeadError {
     NotPositiveDefinite { row: usize, pivot: f64 },
     #[error("the centre vector must be set before any class is learned")]
     NotEmpty,
+    #[error("no head can be made with feature dimension {dim} and capacity {capacity}")]
+    TooLarge { dim: usize, capacity: usize },
+    #[error("invalid head setting: {0}")]
+    InvalidSetting(&'static str),
+    #[error("a class would count more than {} samples", MAX_COUNT)]
+    CountOverflow,
 }
 
 impl From<NotPositiveDefinite> for HeadError {
@@ -291,6 +332,7 @@ impl<S: Storage> GaussianHead<S> {
     /// Builds an empty head in `storage`, which must match
     /// `Layout { dim, capacity }`.
     pub fn new(mut storage: S, config: HeadConfig) -> Result<Self, HeadError> {
+        config.check()?;
         let layout = Layout { dim: config.dim, capacity: config.capacity };
         let (got, got_slots) = (storage.floats().len(), storage.slots().len());
         if got != layout.floats() || got_slots != layout.capacity {
@@ -518,6 +560,9 @@ impl<S: Storage> GaussianHead<S> {
         if x.iter().any(|v| !v.is_finite()) {
             return Err(HeadError::NonFinite);
         }
+        if self.staging.as_ref().is_some_and(|s| s.count >= MAX_COUNT) {
+            return Err(HeadError::CountOverflow);
+        }
         let (l, transform, stage, factor, factored) =
             (self.layout, self.transform, self.stage, self.factor, self.factored);
         let Some(staging) = self.staging.as_mut() else {
@@ -550,6 +595,13 @@ impl<S: Storage> GaussianHead<S> {
         let staging = self.staging.as_ref().ok_or(HeadError::NotLearning)?;
         if staging.count == 0 {
             return Err(HeadError::EmptyClass);
+        }
+        // Counts are bounded when they come in (files, learn), so the sum
+        // cannot overflow; past the bound the commit is refused and the
+        // staged samples stay for an abort.
+        let before: u64 = self.classes().map(|(_, c)| c.count).sum();
+        if before + staging.count > MAX_COUNT {
+            return Err(HeadError::CountOverflow);
         }
         let Some(staging) = self.staging.take() else {
             return Err(HeadError::NotLearning);
@@ -664,6 +716,7 @@ impl<S: Storage> GaussianHead<S> {
     /// measured in the current metric.
     pub fn set_settings(&mut self, settings: HeadSettings) -> Result<(), HeadError> {
         self.ensure_idle()?;
+        settings.check().map_err(HeadError::InvalidSetting)?;
         if self.norm == 0.0 && self.class_count() == 0 {
             self.settings = settings;
             return Ok(());

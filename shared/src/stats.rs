@@ -25,7 +25,7 @@
 //! head behind.
 
 use crate::config::{HeadSettings, Transform, Weighting};
-use crate::head::{GaussianHead, HeadError, Label, Storage};
+use crate::head::{GaussianHead, HeadError, Label, Storage, MAX_COUNT};
 use crate::linalg::tri_len;
 use core::fmt;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,21 @@ pub enum Precision {
     #[default]
     F64,
     F32,
+}
+
+impl Preprocess {
+    /// `Err(what)` if a normalisation constant is not finite or a set
+    /// standard deviation is not positive (a zero `Preprocess`, written by
+    /// heads that do not know their backbone, is accepted).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) {
+            return Err("preprocessing mean or std is not finite");
+        }
+        if self.width != 0 && self.std.iter().take(usize::from(self.channels.clamp(1, 3))).any(|&s| s <= 0.0) {
+            return Err("preprocessing std is not positive");
+        }
+        Ok(())
+    }
 }
 
 impl Precision {
@@ -305,6 +320,57 @@ where
     }
 }
 
+#[cfg(feature = "alloc")]
+impl GaussianHead<crate::head::OwnedStorage> {
+    /// A head holding the statistics in `bytes`, with room for at least
+    /// `capacity` classes (more if the file has more). This is how a host
+    /// opens any statistics file: the header's claims are checked against
+    /// the file before the head is allocated, so a hostile file costs an
+    /// error, not gigabytes.
+    ///
+    /// ```
+    /// use gaussedge_shared::stats::{self, Expect, StatsMeta};
+    /// use gaussedge_shared::{label, Estimator, GaussianHead, HeadConfig, Transform};
+    ///
+    /// let config = HeadConfig {
+    ///     dim: 2,
+    ///     capacity: 4,
+    ///     weighting: Estimator::Pooled.weighting(),
+    ///     settings: Estimator::Pooled.settings(),
+    ///     transform: Transform::IDENTITY,
+    /// };
+    /// let mut head = GaussianHead::with_capacity(config)?;
+    /// head.begin(label("cat").unwrap())?;
+    /// for x in [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]] {
+    ///     head.learn(&x)?;
+    /// }
+    /// head.commit()?;
+    /// let bytes = stats::to_vec(&head, &StatsMeta::default()).unwrap();
+    ///
+    /// let (copy, header) = GaussianHead::from_stats(&bytes, 8, &Expect::default())?;
+    /// assert_eq!((copy.capacity(), header.classes), (8, 1));
+    /// assert_eq!(copy.mean(0), head.mean(0));
+    /// // A cut file is refused with the reason, before anything is allocated.
+    /// assert!(matches!(
+    ///     GaussianHead::from_stats(&bytes[..40], 8, &Expect::default()),
+    ///     Err(stats::StatsError::Truncated { .. })
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_stats(bytes: &[u8], capacity: usize, expect: &Expect) -> Result<(Self, StatsHeader), StatsError> {
+        let header = read_header(bytes)?;
+        let mut head = GaussianHead::with_capacity(crate::head::HeadConfig {
+            dim: header.dim as usize,
+            capacity: capacity.max(header.classes as usize).max(1),
+            weighting: header.weighting,
+            settings: header.settings,
+            transform: header.transform,
+        })?;
+        load(&mut head, bytes, expect)?;
+        Ok((head, header))
+    }
+}
+
 /// Writes the statistics into a new `Vec`.
 #[cfg(feature = "alloc")]
 pub fn to_vec<S: Storage>(
@@ -332,14 +398,26 @@ pub fn encode_parts(
     let mut header = *header;
     header.classes = classes.len() as u32;
     let d = header.dim as usize;
-    let mut total = PREFIX as u64 + postcard_len(&header) + seq_len_as(tri_len(d), header.scatter_precision) + 4;
+    // In u128: a header that lies about `dim` must not overflow here.
+    let seq = |n: u128, width: usize| varint_len(n as u64) as u128 + width as u128 * n;
+    let dd = d as u128;
+    let mut total =
+        (PREFIX + 4) as u128 + postcard_len(&header) as u128 + seq(dd * (dd + 1) / 2, header.scatter_precision.bytes());
     for (record, _) in classes {
-        total += postcard_len(record) + seq_len(d);
+        total += postcard_len(record) as u128 + seq(dd, 8);
     }
     if header.transform.center_l2 {
-        total += seq_len(d);
+        total += seq(dd, 8);
     }
-    let mut out = alloc::vec::Vec::with_capacity(total as usize);
+    let total = u64::try_from(total).unwrap_or(u64::MAX);
+    // Reserve what the parts will take, not what the header says: a header
+    // that disagrees with its parts gives a file `load` refuses, never an
+    // allocation of the size it claims.
+    let parts = classes.iter().map(|(_, m)| 64 + 9 * m.len()).sum::<usize>()
+        + center.map_or(0, |c| 9 * c.len())
+        + 9 * pooled.len()
+        + 512;
+    let mut out = alloc::vec::Vec::with_capacity(parts.min(total as usize));
     let mut sink = |b: &[u8]| {
         out.extend_from_slice(b);
         Ok::<(), core::convert::Infallible>(())
@@ -396,7 +474,39 @@ pub fn read_header(bytes: &[u8]) -> Result<StatsHeader, StatsError> {
     }
     let (header, _) =
         postcard::take_from_bytes::<StatsHeader>(&body[PREFIX..]).map_err(|_| StatsError::Malformed("header"))?;
+    check_header(&header, found)?;
     Ok(header)
+}
+
+/// What a header claims, held against the bytes that are there and against
+/// sane ranges, before anyone allocates from it: a 143-byte file that claims
+/// a large `dim` must not make its reader allocate gigabytes for a head.
+fn check_header(h: &StatsHeader, found: u64) -> Result<(), StatsError> {
+    if h.dim == 0 {
+        return Err(StatsError::Malformed("feature dimension 0"));
+    }
+    let d = u128::from(h.dim);
+    // Smallest possible encoding of every item the header announces: a class
+    // record is at least a 1-byte label with its length, a 1-byte count and
+    // an 8-byte spread; a sequence at least one length byte and its values.
+    let seq = |n: u128, width: u128| 1 + n * width;
+    let mut need = PREFIX as u128
+        + 4
+        + u128::from(h.classes) * (11 + seq(d, 8))
+        + seq(d * (d + 1) / 2, h.scatter_precision.bytes() as u128);
+    if h.transform.center_l2 {
+        need += seq(d, 8);
+    }
+    if need > u128::from(found) {
+        return Err(StatsError::Malformed("header claims more data than the file holds"));
+    }
+    h.settings.check().map_err(StatsError::Malformed)?;
+    h.transform.check().map_err(StatsError::Malformed)?;
+    h.preprocess.check().map_err(StatsError::Malformed)?;
+    if !(h.scatter_norm.is_finite() && (0.0..=MAX_COUNT as f64).contains(&h.scatter_norm)) {
+        return Err(StatsError::Malformed("scatter normaliser"));
+    }
+    Ok(())
 }
 
 /// A forward-only reader over the validated body.
@@ -485,9 +595,6 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
     if header.classes as usize > head.capacity() {
         return Err(StatsError::TooManyClasses { classes: header.classes, capacity: head.capacity() as u32 });
     }
-    if !header.scatter_norm.is_finite() || header.scatter_norm < 0.0 {
-        return Err(StatsError::Malformed("scatter normaliser"));
-    }
     let d = head.dim();
     let n = header.classes as usize;
     let body = &bytes[..bytes.len() - 4];
@@ -495,11 +602,18 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
     // Pass 1: validate everything without writing anything.
     let mut c = after_header(body)?;
     let classes = c.rest;
+    let (mut total, mut class_norms) = (0u64, 0.0);
     for i in 0..n {
         let rec: ClassRecord = c.item("class record")?;
         if rec.label.is_empty() || rec.count == 0 || !rec.spread.is_finite() || rec.spread < 0.0 {
             return Err(StatsError::Malformed("class record"));
         }
+        // Counts within bounds, so no later sum of them can wrap.
+        total = total.saturating_add(rec.count);
+        if total > MAX_COUNT {
+            return Err(StatsError::Malformed("class sample counts exceed 2^48"));
+        }
+        class_norms += header.weighting.norm(rec.count);
         c.f64s(d, None, "class mean")?;
         // Duplicate labels would make two classes indistinguishable.
         let mut prev = Cursor { rest: classes };
@@ -510,6 +624,11 @@ pub fn load<S: Storage>(head: &mut GaussianHead<S>, bytes: &[u8], expect: &Expec
             }
             prev.skip_f64s(d)?;
         }
+    }
+    // The normaliser sums every committed class's share (forgotten classes
+    // keep theirs), so it is at least what the classes present add up to.
+    if class_norms > header.scatter_norm * (1.0 + 1e-12) + 1e-9 {
+        return Err(StatsError::Malformed("class sample counts disagree with the scatter normaliser"));
     }
     let mut center = Cursor { rest: c.rest };
     if header.transform.center_l2 {

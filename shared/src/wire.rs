@@ -27,7 +27,8 @@ use crate::stats::Preprocess;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 carries error details of up to [`MAX_DETAIL`] bytes (was 64).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest data chunk in one message. 4 KiB holds a CIFAR (3 KiB) or
 /// Fashion-MNIST (784 B) frame in a single message.
 pub const MAX_CHUNK: usize = 4096;
@@ -42,8 +43,58 @@ pub const CLASSES_PER_PAGE: usize = 16;
 
 /// Bytes of one chunk.
 pub type Chunk = heapless::Vec<u8, MAX_CHUNK>;
-/// Short human-readable detail in errors and version strings.
+/// Short human-readable text: version strings.
 pub type Text = heapless::String<64>;
+/// Longest error detail, in bytes: room for the longest message the device
+/// sends whole (a backbone mismatch names two SHA-256 digests).
+pub const MAX_DETAIL: usize = 256;
+/// The human-readable detail of an error response.
+pub type Detail = heapless::String<MAX_DETAIL>;
+
+/// `value`'s text as a [`Detail`]. One that does not fit is cut at a word
+/// boundary and marked with `...`, never inside a word or number: a cut
+/// "1808" read as "18" once and misled.
+pub fn detail(value: &dyn core::fmt::Display) -> Detail {
+    cut_text(value)
+}
+
+/// [`detail`] into a string of any capacity `N` (at least 4).
+pub fn cut_text<const N: usize>(value: &dyn core::fmt::Display) -> heapless::String<N> {
+    use core::fmt::Write;
+    struct Cut<const N: usize> {
+        text: heapless::String<N>,
+        overflow: bool,
+    }
+    impl<const N: usize> Write for Cut<N> {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for c in s.chars() {
+                if self.text.push(c).is_err() {
+                    self.overflow = true;
+                    return Err(core::fmt::Error);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut cut = Cut { text: heapless::String::<N>::new(), overflow: false };
+    let _ = write!(cut, "{value}");
+    let mut text = cut.text;
+    if cut.overflow {
+        const MARK: &str = " ...";
+        while text.len() > N - MARK.len() {
+            text.pop();
+        }
+        // Back to the end of the last whole word.
+        while text.chars().last().is_some_and(|c| !c.is_whitespace()) {
+            text.pop();
+        }
+        while text.chars().last().is_some_and(char::is_whitespace) {
+            text.pop();
+        }
+        let _ = text.push_str(MARK);
+    }
+    text
+}
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -246,7 +297,7 @@ pub enum Response {
     },
     Error {
         code: ErrorCode,
-        detail: Text,
+        detail: Detail,
     },
 }
 

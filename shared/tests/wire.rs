@@ -91,7 +91,7 @@ fn responses() -> Vec<Response> {
         Response::Committed { slot: 3, count: 4000 },
         Response::Prediction(PredictionMsg { slot: 1, label: long_label(), score: -1.5, novelty: 99.0, novel: true }),
         Response::Data { total: u32::MAX, offset: u32::MAX, data: full_chunk(1) },
-        Response::Error { code: ErrorCode::UploadHash, detail: text() },
+        Response::Error { code: ErrorCode::UploadHash, detail: detail(&"z".repeat(MAX_DETAIL)) },
     ]
 }
 
@@ -228,4 +228,34 @@ proptest! {
         let _ = stats::read_header(&bytes);
         prop_assert!(stats::load(&mut head, &bytes, &Expect::default()).is_err());
     }
+}
+
+#[test]
+fn long_error_details_are_cut_between_words_and_marked() {
+    // Short details travel whole.
+    let short = "statistics are for feature dimension 1280, the head has 1808";
+    assert_eq!(detail(&short).as_str(), short);
+    // The longest message the device sends, a backbone mismatch naming two
+    // SHA-256 digests, fits whole.
+    let sha = "ab".repeat(32);
+    let mismatch = format!("statistics belong to backbone {sha}, not the loaded backbone {sha}");
+    assert_eq!(detail(&mismatch).as_str(), mismatch);
+    // A longer one is cut at a word and says so; no number is split.
+    let numbers: String = (0..100).map(|i| format!("{} ", 1_000_000 + i)).collect();
+    let cut = detail(&numbers);
+    assert!(cut.len() <= MAX_DETAIL);
+    let body = cut.as_str().strip_suffix(" ...").expect("marked as cut");
+    for word in body.split(' ') {
+        assert_eq!(word.len(), 7, "{word:?} is a split number");
+    }
+    assert!(numbers.starts_with(body));
+    // One word longer than the limit leaves only the mark rather than a
+    // fragment that reads as something else.
+    assert_eq!(detail(&"x".repeat(400)).as_str(), " ...");
+    // The longest detail round-trips in a frame.
+    let r = Response::Error { code: ErrorCode::BackboneMismatch, detail: detail(&numbers) };
+    let mut out = [0u8; MAX_FRAME];
+    let n = encode(7, &r, &mut out).unwrap();
+    let frame = decode(&mut out[..n - 1]).unwrap();
+    assert_eq!(frame.parse::<Response>().unwrap(), r);
 }

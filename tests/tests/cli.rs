@@ -119,17 +119,7 @@ fn merge_of_two_devices_equals_one_device_learning_both() {
     ]);
     let load = |p: &Path| {
         let bytes = std::fs::read(p).unwrap();
-        let h = stats::read_header(&bytes).unwrap();
-        let mut head = gaussedge_shared::GaussianHead::with_capacity(gaussedge_shared::HeadConfig {
-            dim: h.dim as usize,
-            capacity: 8,
-            weighting: h.weighting,
-            settings: h.settings,
-            transform: h.transform,
-        })
-        .unwrap();
-        stats::load(&mut head, &bytes, &stats::Expect::default()).unwrap();
-        head
+        gaussedge_shared::GaussianHead::from_stats(&bytes, 8, &stats::Expect::default()).unwrap().0
     };
     let (m, w) = (load(&merged), load(&both));
     let labels = |h: &gaussedge_shared::GaussianHead<_>| {
