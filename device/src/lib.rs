@@ -9,6 +9,12 @@
 //! ([`link`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(any(test, feature = "mem"))]
+extern crate alloc;
+
+/// The in-memory platform (unit tests, fuzzing, power-loss testing).
+#[cfg(any(test, feature = "mem"))]
+pub mod mem;
 pub mod persist;
 pub mod platform;
 pub mod server;

@@ -604,3 +604,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
         self.persist_ok()
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
