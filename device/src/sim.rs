@@ -229,8 +229,20 @@ impl SimPlatform {
         std::fs::create_dir_all(&opts.state)?;
         let flashed = Flashed::read(&opts.state);
         flashed.sweep(&opts.state);
-        let active = match flashed.current {
-            Some(n) => load_active(&bundle_dir(&opts.state, n))?,
+        // The flashed bundle, else the one before it, else the factory one:
+        // a device that cannot read its flashed bundle still boots.
+        let mut active = None;
+        for n in [flashed.current, flashed.previous].into_iter().flatten() {
+            match load_active(&bundle_dir(&opts.state, n)) {
+                Ok(a) => {
+                    active = Some(a);
+                    break;
+                }
+                Err(e) => eprintln!("warning: flashed bundle {n} does not load ({e:#}); trying the one before it"),
+            }
+        }
+        let active = match active {
+            Some(a) => a,
             None => load_active(&opts.bundle)?,
         };
         let open = |name: &str| {

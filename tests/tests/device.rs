@@ -306,3 +306,88 @@ fn a_new_bundle_is_flashed_atomically() {
     let s = &test.samples[0];
     assert!(matches!(c.frame(s.format, FrameUse::Predict, &s.pixels).unwrap(), Response::Prediction(_)));
 }
+
+/// Bytes the process has read through read(2) and friends, from
+/// `/proc/PID/io` (`rchar`).
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).expect("rchar")
+}
+
+#[test]
+fn a_pull_reads_the_slot_once_not_once_per_chunk() {
+    let state = tempfile::tempdir().unwrap();
+    let sim = start(state.path(), &[]);
+    let mut c = connect(&sim);
+    c.begin_class(label("pulled"), false).unwrap();
+    c.capture(8, Some(7)).unwrap();
+    c.commit().unwrap();
+    let slot = std::fs::metadata(state.path().join("slot-a.bin")).unwrap().len();
+    let before = bytes_read(sim.child.id());
+    let pulled = c.pull_stats().unwrap();
+    let read = bytes_read(sim.child.id()) - before;
+    let chunks = pulled.len() as u64 / 4096;
+    // Served from one read of the slot; re-reading it per chunk would be
+    // `chunks` times the slot (quadratic).
+    assert!(chunks > 4, "{chunks} chunks");
+    assert!(read < 2 * slot + (1 << 20), "a pull of {} bytes in {chunks} chunks read {read} bytes of a {slot}-byte slot", pulled.len());
+}
+
+#[test]
+fn a_flash_cut_before_its_pointer_is_replaced_boots_the_old_bundle() {
+    let f = fixture();
+    let state = tempfile::tempdir().unwrap();
+    let read = |b: &std::path::Path, n: &str| std::fs::read(b.join(n)).unwrap();
+    let (onnx, manifest, stats_b) =
+        (read(&f.bundle_b, "backbone.onnx"), read(&f.bundle_b, "manifest.json"), read(&f.bundle_b, "head.stats"));
+    let factory = read(&f.bundle, "backbone.onnx");
+    let sha = gaussedge_device::bundle::sha256;
+    let boots = |state: &std::path::Path| {
+        let sim = start(state, &[]);
+        connect(&sim).hello().unwrap().backbone_sha256
+    };
+    {
+        let sim = start(state.path(), &[]);
+        connect(&sim).flash(&onnx, &manifest, &stats_b).unwrap();
+    }
+    let active = std::fs::read_to_string(state.path().join("active")).unwrap();
+    // The states a cut leaves on the way, rebuilt from the finished flash:
+    // the new bundle written but the pointer not yet replaced (no pointer,
+    // or the new pointer only in its temporary file), then a damaged
+    // temporary file; each boots the factory bundle, and the pointer in
+    // place boots the new one.
+    let pointer = state.path().join("active");
+    let tmp = state.path().join("active.tmp");
+    let flash = || {
+        let sim = start(state.path(), &[]);
+        connect(&sim).flash(&onnx, &manifest, &stats_b).unwrap();
+    };
+    std::fs::remove_file(&pointer).unwrap();
+    assert_eq!(boots(state.path()), sha(&factory), "new bundle written, pointer not replaced");
+    flash();
+    std::fs::rename(&pointer, &tmp).unwrap();
+    assert_eq!(boots(state.path()), sha(&factory), "pointer written to its temporary file only");
+    flash();
+    assert_eq!(std::fs::read_to_string(&pointer).unwrap(), active);
+    assert_eq!(boots(state.path()), sha(&onnx), "pointer replaced");
+    // A pointer to a bundle that is not there (storage lost it) boots the
+    // factory bundle rather than nothing.
+    std::fs::write(&pointer, "current=42\n").unwrap();
+    assert_eq!(boots(state.path()), sha(&factory), "pointer to a missing bundle");
+    flash();
+    // A second flash keeps the first as the one to roll back to, and a
+    // half-written third (its folder there, the pointer not moved) boots
+    // the second and is swept.
+    {
+        let sim = start(state.path(), &[]);
+        let mut c = connect(&sim);
+        c.flash(&onnx, &manifest, &stats_b).unwrap();
+    }
+    let pointer_now = std::fs::read_to_string(&pointer).unwrap();
+    assert!(pointer_now.contains("previous="), "{pointer_now}");
+    let leftover = state.path().join("bundles").join("99");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("backbone.onnx"), &onnx[..1000]).unwrap();
+    assert_eq!(boots(state.path()), sha(&onnx));
+    assert!(!leftover.exists(), "a half-written bundle is swept at boot");
+}
