@@ -14,7 +14,7 @@ use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use gaussedge_data::DatasetKind;
 use gaussedge_device::bundle::HeadDefaults;
-use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
+use gaussedge_shared::head::{GaussianHead, OwnedStorage};
 use gaussedge_shared::stats::{self, StatsMeta};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -89,16 +89,7 @@ impl Simulator {
 
 /// Loads statistics bytes into a head big enough for `capacity` classes.
 fn head_from(bytes: &[u8], capacity: usize) -> Result<GaussianHead<OwnedStorage>> {
-    let h = stats::read_header(bytes)?;
-    let mut head = GaussianHead::with_capacity(HeadConfig {
-        dim: h.dim as usize,
-        capacity: capacity.max(h.classes as usize).max(1),
-        weighting: h.weighting,
-        settings: h.settings,
-        transform: h.transform,
-    })?;
-    stats::load(&mut head, bytes, &stats::Expect::default())?;
-    Ok(head)
+    Ok(GaussianHead::from_stats(bytes, capacity, &stats::Expect::default())?.0)
 }
 
 /// How new classes reach the device.
@@ -186,24 +177,52 @@ pub fn run_device(
         print_stage(stages.last().expect("stage"), &setup.labels, i + 1);
         pulled = now;
     }
-    let (mut device_accuracy, mut agreement) = (None, None);
-    if predict_on_device {
-        let bar = fit::bar(true, setup.test.len() as u64, "device predictions");
-        let d = setup.extractor.dim();
-        let (mut right, mut same) = (0usize, 0usize);
-        for (k, s) in setup.test.samples.iter().enumerate() {
-            let p = client.predict(s.format, &s.pixels)?;
-            let class = setup.labels.class_of(p.label.as_str());
-            right += usize::from(class == Some(s.label));
-            let local = pulled.classify(&setup.test_features[k * d..(k + 1) * d], None)?;
-            same += usize::from(pulled.slots()[local.class].label == p.label);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        device_accuracy = Some(right as f64 / setup.test.len() as f64);
-        agreement = Some(same as f64 / setup.test.len() as f64);
+    // Every stage above was scored on the host's features of the test set:
+    // check that they are the device's. The whole set when asked for (the
+    // demo), else a spread sample of it (`eval --via`).
+    let n = setup.test.len();
+    let step = if predict_on_device { 1 } else { (n / AGREEMENT_SAMPLE).max(1) };
+    let frames: Vec<usize> = (0..n).step_by(step).collect();
+    let bar = fit::bar(true, frames.len() as u64, "device predictions");
+    let d = setup.extractor.dim();
+    let (mut right, mut same) = (0usize, 0usize);
+    for &k in &frames {
+        let s = &setup.test.samples[k];
+        let p = client.predict(s.format, &s.pixels)?;
+        let class = setup.labels.class_of(p.label.as_str());
+        right += usize::from(class == Some(s.label));
+        let local = pulled.classify(&setup.test_features[k * d..(k + 1) * d], None)?;
+        same += usize::from(pulled.slots()[local.class].label == p.label);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
+    let agreement = same as f64 / frames.len().max(1) as f64;
+    check_agreement(agreement, frames.len())?;
+    let (device_accuracy, agreement) =
+        if predict_on_device { (Some(right as f64 / n as f64), Some(agreement)) } else { (None, None) };
     Ok(DeviceRun { stages, novelty, device_accuracy, agreement })
+}
+
+/// Test frames the device classifies to check the host's features when the
+/// whole set is not asked for.
+const AGREEMENT_SAMPLE: usize = 200;
+/// Below this share of agreeing answers the host's and the device's features
+/// differ by more than rounding (near-ties may flip a few frames).
+const MIN_AGREEMENT: f64 = 0.99;
+
+/// Fails when device and host disagree beyond rounding: the host's scores
+/// would describe some other model or data than the device's.
+fn check_agreement(agreement: f64, frames: usize) -> Result<()> {
+    if agreement < MIN_AGREEMENT {
+        bail!(
+            "the device and the host agree on only {:.2}% of {frames} test frames (at least {:.0}% expected): \
+             the host's features are not the device's. Is the device running another bundle, or was the \
+             feature cache ($GAUSSEDGE_CACHE/features) written for other data?",
+            agreement * 100.0,
+            MIN_AGREEMENT * 100.0
+        );
+    }
+    Ok(())
 }
 
 fn print_stage(s: &Stage, labels: &Labels, i: usize) {

@@ -49,9 +49,11 @@ impl Extractor {
     }
 
     /// Features of a whole split, from the cache when this backbone already
-    /// saw it. The cache key is the backbone's SHA-256, its layers, the
-    /// dataset, the split and the sample count, so a changed model or file
-    /// misses.
+    /// saw these images. The cache key is the backbone's SHA-256, its
+    /// layers, the dataset, the split, the sample count and a digest of
+    /// every sample read (label and pixels): two data folders of the same
+    /// layout and size once shared an entry, and a host scored one folder
+    /// with the other's features.
     pub fn extract_cached(&self, ds: &Dataset, kind: DatasetKind, split: Split, progress: bool) -> Result<Vec<f32>> {
         let d = self.dim();
         let layers = if self.layers == gaussedge_device::bundle::default_layers() {
@@ -60,11 +62,12 @@ impl Extractor {
             format!("-{}", &hex(&sha256(self.layers.join(",").as_bytes()))[..8])
         };
         let path = cache_dir().join("features").join(format!(
-            "{}{layers}-{}-{:?}-{}.f32",
+            "{}{layers}-{}-{:?}-{}-{}.f32",
             &hex(&self.sha256)[..16],
             kind.name(),
             split,
-            ds.len()
+            ds.len(),
+            &hex(&dataset_digest(ds))[..16]
         ));
         if let Ok(bytes) = std::fs::read(&path) {
             if bytes.len() == ds.len() * d * 4 {
@@ -82,6 +85,22 @@ impl Extractor {
         crate::util::write_atomic(&path, &bytes)?;
         Ok(f)
     }
+}
+
+/// SHA-256 over every sample's label, frame format and pixels, in order:
+/// what the features of a split depend on besides the backbone.
+pub fn dataset_digest(ds: &Dataset) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for s in &ds.samples {
+        h.update(s.label.to_le_bytes());
+        h.update(s.format.width.to_le_bytes());
+        h.update(s.format.height.to_le_bytes());
+        h.update([s.format.channels]);
+        h.update((s.pixels.len() as u64).to_le_bytes());
+        h.update(&s.pixels);
+    }
+    h.finalize().into()
 }
 
 /// `$GAUSSEDGE_CACHE`, default `~/.cache/gaussedge`.

@@ -227,3 +227,47 @@ fn eval_levers_and_layers_change_the_head_and_bad_layers_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no output `features_99`"), "{stderr}");
 }
+
+#[test]
+fn features_of_other_data_are_never_served_from_the_cache() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // Folder B: the fixture's layout and record counts, its test records
+    // moved one place (each position now holds another class's image).
+    let b = work.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    for entry in std::fs::read_dir(&f.data).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, b.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut test = std::fs::read(b.join("test_batch.bin")).unwrap();
+    test.rotate_left(3073);
+    std::fs::write(b.join("test_batch.bin"), test).unwrap();
+    let bundle = f.bundle.to_str().unwrap();
+    let eval = |data: &Path, via: &str| {
+        let mut args = vec!["eval", "--bundle", bundle, "--dataset", "cifar10", "--data", data.to_str().unwrap()];
+        args.extend(["--base", "0-2", "--add", "3,4,5", "--via", via]);
+        let out = Command::new(host_binary()).env("GAUSSEDGE_CACHE", &cache).args(&args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let sim = start(&work.path().join("state"), &[]);
+    let features = cache.join("features");
+    let (ok_a, err) = eval(&f.data, &sim.path);
+    assert!(ok_a, "{err}");
+    let entries = || std::fs::read_dir(&features).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    let a_files = entries();
+    // B has as many test records as A: it used to get A's features here.
+    let (ok_b, err) = eval(&b, &sim.path);
+    assert!(ok_b, "{err}");
+    let b_test: Vec<_> =
+        entries().into_iter().filter(|p| !a_files.contains(p) && p.to_str().unwrap().contains("Test")).collect();
+    assert_eq!(b_test.len(), 1, "B's test features get their own entry: {:?}", entries());
+    // Had they not, the device would say so: with A's features under B's
+    // key, eval through the device refuses to report.
+    let a_test = a_files.iter().find(|p| p.to_str().unwrap().contains("Test")).unwrap();
+    std::fs::copy(a_test, &b_test[0]).unwrap();
+    let (ok_poisoned, err) = eval(&b, &sim.path);
+    assert!(!ok_poisoned, "a host scoring other features must fail");
+    assert!(err.contains("the host's features are not the device's"), "{err}");
+}
