@@ -279,6 +279,10 @@ struct TrainArgs {
     schedule: crate::train::Schedule,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Self-supervised rotation labels: 4 trains on `class x quarter turn`
+    /// (one random turn per image), 1 is plain class labels.
+    #[arg(long, default_value_t = 1)]
+    rotations: u8,
     /// Use the tiny test variant of the network.
     #[arg(long)]
     tiny: bool,
@@ -619,12 +623,17 @@ fn train(a: TrainArgs) -> Result<()> {
     recipe.seed = a.seed;
     recipe.optimizer = a.optimizer;
     recipe.schedule = a.schedule;
+    if ![1, 4].contains(&a.rotations) {
+        bail!("--rotations takes 1 (off) or 4 (quarter turns), not {}", a.rotations);
+    }
+    recipe.rotations = a.rotations;
+    recipe.arch = ArchConfig::b0(recipe.outputs(classes.len()));
     if a.no_augment {
         recipe.crop_pad = 0;
         recipe.flip = false;
     }
     if a.tiny {
-        recipe.arch = ArchConfig::tiny(classes.len());
+        recipe.arch = ArchConfig::tiny(recipe.outputs(classes.len()));
     }
     let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
     let checkpoint_dir = a.checkpoint_dir.clone().unwrap_or_else(|| fit::cache_dir().join("runs").join(&name));
@@ -701,9 +710,9 @@ fn train(a: TrainArgs) -> Result<()> {
         head: head_defaults,
         extra: serde_json::json!({
             "recipe": trained.state.recipe,
-            "checkpoint": checkpoint_dir,
+            "checkpoint": crate::util::portable_path(&checkpoint_dir),
             "metrics": metrics,
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "command": crate::util::portable_command(),
         }),
     };
     write_bundle(&a.out, &onnx, &head, &manifest)?;
@@ -797,9 +806,9 @@ fn parity(a: ParityArgs) -> Result<()> {
     let (b, _) = fit::extractor_for(&a.bundle, 1)?;
     let checkpoint = match a.checkpoint {
         Some(c) => c,
-        None => {
-            PathBuf::from(b.manifest.extra["checkpoint"].as_str().context("no checkpoint recorded; pass --checkpoint")?)
-        }
+        None => crate::util::resolve_portable(
+            b.manifest.extra["checkpoint"].as_str().context("no checkpoint recorded; pass --checkpoint")?,
+        ),
     };
     let (_state, arch, weights) = crate::train::load_checkpoint(&checkpoint)?;
     let mut vs = nn::VarStore::new(Device::Cpu);
@@ -825,18 +834,9 @@ fn parity(a: ParityArgs) -> Result<()> {
 
 fn stats_info(file: &Path) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let header = stats::read_header(&bytes)?;
+    let (head, header) = gaussedge_shared::GaussianHead::from_stats(&bytes, 1, &stats::Expect::default())?;
     println!("{}: {} bytes", file.display(), bytes.len());
     println!("{header:#?}");
-    let config = gaussedge_shared::HeadConfig {
-        dim: header.dim as usize,
-        capacity: header.classes.max(1) as usize,
-        weighting: header.weighting,
-        settings: header.settings,
-        transform: header.transform,
-    };
-    let mut head = gaussedge_shared::GaussianHead::with_capacity(config)?;
-    stats::load(&mut head, &bytes, &stats::Expect::default())?;
     for (slot, c) in head.classes() {
         println!(
             "class {slot}: {:?} ({} samples, spread {:.4e}, mean noise {:.4e})",

@@ -41,6 +41,21 @@ pub struct Recipe {
     pub optimizer: OptimizerKind,
     #[serde(default)]
     pub schedule: Schedule,
+    /// Self-supervised label augmentation (Lee et al. 2020, SLA; PASS, Zhu
+    /// et al. 2021): with 4, every training image is turned by a random
+    /// multiple of 90 degrees and the classifier learns the joint label
+    /// `class x rotation` (4K outputs). One rotation is drawn per image, so
+    /// an epoch costs what it costs without. Why: a network that must tell
+    /// a turned car from an upright one learns shape and orientation cues
+    /// the base classes alone do not ask for, which is what new classes and
+    /// novelty scores need. 1 turns it off; the class prediction reads the
+    /// upright (rotation 0) logits.
+    #[serde(default = "one")]
+    pub rotations: u8,
+}
+
+fn one() -> u8 {
+    1
 }
 
 /// The optimiser: the seed's plain Adam, or AdamW with decoupled decay.
@@ -79,7 +94,13 @@ impl Recipe {
             arch: ArchConfig::b0(classes),
             optimizer: OptimizerKind::Adamw,
             schedule: Schedule::Cosine,
+            rotations: 1,
         }
+    }
+
+    /// Outputs of the classifier for `classes` base classes.
+    pub fn outputs(&self, classes: usize) -> usize {
+        classes * usize::from(self.rotations.max(1))
     }
 
     /// Learning rate at `step` of `total` (linear warm-up, then cosine to 0).
@@ -200,8 +221,28 @@ fn augment(xs: &Tensor, recipe: &Recipe, rng: &mut Rng) -> Tensor {
     Tensor::stack(&crops, 0)
 }
 
+/// Turns image `i` of `xs` (`[N, C, S, S]`) by `turns[i]` quarter turns and
+/// gives its joint label `class * rotations + turns[i]`.
+fn rotate(xs: &Tensor, ys: &Tensor, rotations: u8, rng: &mut Rng) -> (Tensor, Tensor) {
+    let n = xs.size()[0];
+    let r = i64::from(rotations);
+    let turns: Vec<i64> = (0..n).map(|_| rng.below(r as u64) as i64).collect();
+    let images: Vec<Tensor> = (0..n).map(|i| xs.get(i).rot90(turns[i as usize], [1, 2])).collect();
+    (Tensor::stack(&images, 0), ys * r + Tensor::from_slice(&turns))
+}
+
+/// Class scores from the classifier's outputs: with rotation labels, the
+/// upright image's logit of each class (`[N, K * R] -> [N, K]`).
+pub fn class_logits(logits: &Tensor, rotations: i64) -> Tensor {
+    if rotations <= 1 {
+        return logits.shallow_clone();
+    }
+    let n = logits.size()[0];
+    logits.view([n, -1, rotations]).select(2, 0)
+}
+
 /// Accuracy of `net` on preprocessed inputs, in batches, in eval mode.
-pub fn accuracy(net: &EfficientNet, xs: &Tensor, ys: &Tensor, device: Device) -> f64 {
+pub fn accuracy(net: &EfficientNet, xs: &Tensor, ys: &Tensor, device: Device, rotations: u8) -> f64 {
     let n = xs.size()[0];
     if n == 0 {
         return 0.0;
@@ -212,7 +253,7 @@ pub fn accuracy(net: &EfficientNet, xs: &Tensor, ys: &Tensor, device: Device) ->
             let len = (n - start).min(256);
             let x = xs.narrow(0, start, len).to_device(device);
             let y = ys.narrow(0, start, len).to_device(device);
-            let pred = net.logits_t(&x, false).argmax(-1, false);
+            let pred = class_logits(&net.logits_t(&x, false), i64::from(rotations)).argmax(-1, false);
             correct += pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
         }
     });
@@ -311,7 +352,13 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         for step in 0..steps_per_epoch {
             let idx = Tensor::from_slice(&order[step * recipe.batch..(step + 1) * recipe.batch]);
             let xs = augment(&train_x.index_select(0, &idx), recipe, &mut epoch_rng).to_device(job.device);
-            let ys = train_y.index_select(0, &idx).to_device(job.device);
+            let ys = train_y.index_select(0, &idx);
+            let (xs, ys) = if recipe.rotations > 1 {
+                let (x, y) = rotate(&xs, &ys, recipe.rotations, &mut epoch_rng);
+                (x, y.to_device(job.device))
+            } else {
+                (xs, ys.to_device(job.device))
+            };
             lr = recipe.lr_at(epoch * steps_per_epoch + step, steps_per_epoch);
             opt.set_lr(lr);
             let logits = net.logits_t(&xs, true);
@@ -329,7 +376,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let val_accuracy = accuracy(&net, &val_x, &val_y, job.device);
+        let val_accuracy = accuracy(&net, &val_x, &val_y, job.device, recipe.rotations);
         let seconds = started.elapsed().as_secs_f64();
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -379,11 +426,13 @@ pub fn fc_predictions(arch: &Arch, weights: &Weights, classes: &[u16], inputs: &
     let _ = std::fs::remove_file(&tmp);
     loaded?;
     let n = inputs.size()[0];
+    let rotations = (arch.config.num_classes / classes.len().max(1)).max(1) as i64;
     let mut out = Vec::with_capacity(n as usize);
     tch::no_grad(|| {
         for start in (0..n).step_by(256) {
             let len = (n - start).min(256);
-            let pred = net.logits_t(&inputs.narrow(0, start, len), false).argmax(-1, false);
+            let logits = net.logits_t(&inputs.narrow(0, start, len), false);
+            let pred = class_logits(&logits, rotations).argmax(-1, false);
             let v: Vec<i64> = Vec::<i64>::try_from(&pred).unwrap_or_default();
             out.extend(v.into_iter().map(|p| classes[p as usize]));
         }
@@ -395,4 +444,33 @@ pub fn fc_predictions(arch: &Arch, weights: &Weights, classes: &[u16], inputs: &
 pub fn dataset_tensor(ds: &Dataset, pre: &gaussedge_shared::stats::Preprocess) -> Result<Tensor> {
     let idx: Vec<usize> = (0..ds.len()).collect();
     Ok(to_tensor(prep::inputs(ds, &idx, pre)?, ds.len(), pre.width as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_labels_name_the_turn_each_image_got() {
+        let n = 16;
+        let xs = Tensor::arange(n * 3 * 4 * 4, (Kind::Float, Device::Cpu)).view([n, 3, 4, 4]);
+        let ys = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(5);
+        let (turned, joint) = rotate(&xs, &ys, 4, &mut Rng::new(3));
+        let joint: Vec<i64> = Vec::try_from(&joint).unwrap();
+        let classes: Vec<i64> = Vec::try_from(&ys).unwrap();
+        let mut seen = [false; 4];
+        for i in 0..n {
+            let (class, turn) = (joint[i as usize] / 4, joint[i as usize] % 4);
+            assert_eq!(class, classes[i as usize]);
+            seen[turn as usize] = true;
+            let want = xs.get(i).rot90(turn, [1, 2]);
+            assert!(turned.get(i).equal(&want), "image {i} turned {turn}");
+        }
+        assert_eq!(seen, [true; 4], "16 draws give every turn");
+        // The class score is the upright logit of each class.
+        let logits = Tensor::arange(2 * 12, (Kind::Float, Device::Cpu)).view([2, 12]);
+        let upright: Vec<f32> = Vec::try_from(&class_logits(&logits, 4).flatten(0, -1)).unwrap();
+        assert_eq!(upright, vec![0.0, 4.0, 8.0, 12.0, 16.0, 20.0]);
+        assert!(class_logits(&logits, 1).equal(&logits));
+    }
 }

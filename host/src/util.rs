@@ -1,7 +1,50 @@
 //! Small helpers shared by the commands.
 
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `path` as a manifest or model card records it, valid on any machine:
+/// under the cache as `$GAUSSEDGE_CACHE/...`, under the working directory
+/// (the checkout) relative to it, anything else as given.
+pub fn portable_path(path: &Path) -> String {
+    let cache = crate::fit::cache_dir();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let abs = if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) };
+    if let Ok(rest) = abs.strip_prefix(&cache) {
+        return format!("$GAUSSEDGE_CACHE/{}", rest.display());
+    }
+    match abs.strip_prefix(&cwd) {
+        Ok(rest) if !rest.as_os_str().is_empty() => rest.display().to_string(),
+        _ => path.display().to_string(),
+    }
+}
+
+/// The command line that ran, with the program as its bare name and every
+/// absolute path made [`portable_path`].
+pub fn portable_command() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            let p = Path::new(&a);
+            if i == 0 {
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(a)
+            } else if p.is_absolute() {
+                portable_path(p)
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Resolves a path recorded by [`portable_path`].
+pub fn resolve_portable(recorded: &str) -> PathBuf {
+    match recorded.strip_prefix("$GAUSSEDGE_CACHE/") {
+        Some(rest) => crate::fit::cache_dir().join(rest),
+        None => PathBuf::from(recorded),
+    }
+}
 
 /// Writes `bytes` to `path` through a temporary file, fsync and a rename,
 /// so a crash leaves the old file or the new one, never half of one.
