@@ -21,8 +21,9 @@ pub mod server;
 
 #[cfg(feature = "std")]
 pub mod backbone;
+/// The bundle format, re-exported from its own crate.
 #[cfg(feature = "std")]
-pub mod bundle;
+pub use gaussedge_bundle as bundle;
 #[cfg(feature = "std")]
 pub mod channel_last;
 #[cfg(feature = "std")]

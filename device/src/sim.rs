@@ -277,6 +277,7 @@ impl SimPlatform {
             .ok_or_else(|| Fault::new(ErrorCode::NoUpload, "no manifest staged"))?;
         let manifest: Manifest = serde_json::from_slice(manifest_bytes)
             .map_err(|e| Fault::new(ErrorCode::BadStats, &format!("manifest: {e}")))?;
+        manifest.check().map_err(|e| Fault::new(ErrorCode::BadStats, &e.to_string()))?;
         let sha = bundle::sha256(onnx);
         if bundle::hex(&sha) != manifest.backbone_sha256 {
             return Err(Fault::new(ErrorCode::UploadHash, "staged backbone does not match the staged manifest"));

@@ -1,4 +1,7 @@
 //! A model bundle on disk: `backbone.onnx`, `head.stats`, `manifest.json`.
+//!
+//! Its own crate so that everything that reads bundles (the host, the
+//! simulator, the fuzz targets) does so without linking a runtime.
 
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::{HeadSettings, Transform, Weighting};
@@ -62,7 +65,15 @@ pub enum BundleError {
     Format { path: String, found: u32 },
     #[error("backbone.onnx has SHA-256 {actual}, the manifest says {expected}")]
     Hash { expected: String, actual: String },
+    #[error("manifest: {0}")]
+    Invalid(String),
 }
+
+/// Largest input side a manifest may ask for: sizes of buffers and of the
+/// backbone's input come from it, so it is bounded before anything uses it.
+pub const MAX_SIDE: u16 = 4096;
+/// Largest feature vector a manifest may announce.
+pub const MAX_FEATURE_DIM: usize = 1 << 16;
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -85,7 +96,39 @@ impl Manifest {
         if m.format != MANIFEST_FORMAT {
             return Err(BundleError::Format { path: path.display().to_string(), found: m.format });
         }
+        m.check()?;
         Ok(m)
+    }
+
+    /// Refuses what no device should act on: input sizes and feature sizes
+    /// out of range (buffers are sized from them), normalisation or head
+    /// parameters that are not finite, no layers, a malformed digest, base
+    /// classes without a label.
+    pub fn check(&self) -> Result<(), BundleError> {
+        let bad = |what: String| Err(BundleError::Invalid(what));
+        let p = &self.preprocess;
+        if !(1..=MAX_SIDE).contains(&p.width) || !(1..=MAX_SIDE).contains(&p.height) {
+            return bad(format!("input {}x{} is outside 1..={MAX_SIDE} pixels a side", p.width, p.height));
+        }
+        if !(p.channels == 1 || p.channels == 3) {
+            return bad(format!("input has {} channels; 1 or 3 are supported", p.channels));
+        }
+        p.check().or_else(|e| bad(e.to_string()))?;
+        if !(1..=MAX_FEATURE_DIM).contains(&self.feature_dim) {
+            return bad(format!("feature_dim {} is outside 1..={MAX_FEATURE_DIM}", self.feature_dim));
+        }
+        if self.layers.is_empty() || self.layers.iter().any(|l| l.is_empty()) {
+            return bad("layers must name at least one backbone output, none empty".into());
+        }
+        if self.sha256_bytes().is_none() {
+            return bad(format!("backbone_sha256 {:?} is not 64 hex digits", self.backbone_sha256));
+        }
+        self.head.settings.check().or_else(|e| bad(e.to_string()))?;
+        self.head.transform.check().or_else(|e| bad(e.to_string()))?;
+        if let Some(c) = self.base_classes.iter().find(|&&c| c as usize >= self.labels.len()) {
+            return bad(format!("base class {c} has no label ({} labels)", self.labels.len()));
+        }
+        Ok(())
     }
 
     pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
@@ -119,5 +162,55 @@ impl Bundle {
         let stats_path = dir.join(STATS);
         let stats = if stats_path.exists() { Some(read(&stats_path)?) } else { None };
         Ok(Bundle { manifest, onnx, stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gaussedge_shared::Estimator;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            dataset: "cifar10".into(),
+            labels: (0..10).map(|i| format!("c{i}")).collect(),
+            base_classes: vec![0, 1, 2, 3, 4],
+            preprocess: Preprocess { width: 64, height: 64, channels: 3, mean: [0.5; 3], std: [0.25; 3] },
+            feature_dim: 1808,
+            layers: default_layers(),
+            backbone_sha256: "ab".repeat(32),
+            head: HeadDefaults {
+                weighting: Estimator::Pooled.weighting(),
+                settings: Estimator::Pooled.settings(),
+                transform: Transform::IDENTITY,
+            },
+            extra: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn manifests_that_would_size_buffers_absurdly_or_hold_nan_are_refused() {
+        manifest().check().unwrap();
+        type Edit = fn(&mut Manifest);
+        let cases: Vec<(Edit, &str)> = vec![
+            (|m| m.preprocess.width = 0, "input 0x64"),
+            (|m| m.preprocess.height = 60_000, "input 64x60000"),
+            (|m| m.preprocess.channels = 4, "4 channels"),
+            (|m| m.preprocess.std[2] = 0.0, "std is not positive"),
+            (|m| m.preprocess.mean[0] = f32::NAN, "not finite"),
+            (|m| m.feature_dim = 0, "feature_dim 0"),
+            (|m| m.feature_dim = usize::MAX, "feature_dim 18446744073709551615"),
+            (|m| m.layers.clear(), "layers"),
+            (|m| m.backbone_sha256 = "é".repeat(32), "not 64 hex digits"),
+            (|m| m.head.settings.regularizer = gaussedge_shared::Regularizer::Shrinkage(f64::NAN), "shrinkage"),
+            (|m| m.base_classes.push(10), "base class 10 has no label"),
+        ];
+        for (edit, why) in cases {
+            let mut m = manifest();
+            edit(&mut m);
+            let err = m.check().unwrap_err().to_string();
+            assert!(err.contains(why), "{err:?} should say {why:?}");
+        }
     }
 }
