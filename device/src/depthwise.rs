@@ -134,15 +134,12 @@ struct Geometry {
 /// widest vector unit this CPU has.
 fn run(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is built for.
-            return unsafe { run_avx512(g, x, weights, bias, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { run_avx2(g, x, weights, bias, out) };
-        }
+    match crate::cpu::Isa::best() {
+        // SAFETY: `best` never names a width the CPU lacks.
+        crate::cpu::Isa::Avx512 => return unsafe { run_avx512(g, x, weights, bias, out) },
+        // SAFETY: as above.
+        crate::cpu::Isa::Avx2 => return unsafe { run_avx2(g, x, weights, bias, out) },
+        crate::cpu::Isa::Portable => {}
     }
     run_body::<false>(g, x, weights, bias, out)
 }
@@ -369,15 +366,7 @@ pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<Window> {
 /// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and
 /// FMA or AVX-512, where tract has no depthwise vector kernel.
 pub fn wanted() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            || (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::Isa::detected() > crate::cpu::Isa::Portable
 }
 
 /// Replaces every depthwise `Conv` of a channel-first typed graph with
@@ -466,6 +455,8 @@ mod tests {
     /// with AVX-512 also checks the AVX2 build the next machine may pick.
     #[test]
     fn every_vector_width_agrees_with_the_plain_loop() {
+        let widths: Vec<_> = crate::cpu::Isa::available().map(crate::cpu::Isa::name).collect();
+        eprintln!("depthwise kernels checked on this CPU: {}", widths.join(", "));
         for (c, hw, k, stride, pad) in [(96, [9, 7], 3, 1, 1), (83, [6, 6], 5, 2, 2), (16, [3, 3], 3, 1, 0)] {
             let output = [(hw[0] + 2 * pad - k) / stride + 1, (hw[1] + 2 * pad - k) / stride + 1];
             let g = Geometry {
@@ -482,22 +473,10 @@ mod tests {
             let n = output[0] * output[1] * c;
             let mut plain = vec![0f32; n];
             run_body::<false>(&g, &x, &w, &b, &mut plain);
-            let mut variants: Vec<(&str, Vec<f32>)> = vec![];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    let mut out = vec![0f32; n];
-                    unsafe { run_avx2(&g, &x, &w, &b, &mut out) };
-                    variants.push(("avx2", out));
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    let mut out = vec![0f32; n];
-                    unsafe { run_avx512(&g, &x, &w, &b, &mut out) };
-                    variants.push(("avx512", out));
-                }
-            }
-            for (name, out) in variants {
-                crate::flat::assert_close(&plain, &out, 1e-5, &format!("{name}, {c} channels"));
+            for isa in crate::cpu::Isa::available() {
+                let mut out = vec![0f32; n];
+                crate::cpu::Isa::capped(isa, || run(&g, &x, &w, &b, &mut out));
+                crate::flat::assert_close(&plain, &out, 1e-5, &format!("{}, {c} channels", isa.name()));
             }
         }
     }

@@ -29,6 +29,8 @@ pub mod channel_last;
 #[cfg(feature = "std")]
 pub mod cli;
 #[cfg(feature = "std")]
+pub mod cpu;
+#[cfg(feature = "std")]
 pub mod depthwise;
 #[cfg(feature = "std")]
 mod flat;

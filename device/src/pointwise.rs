@@ -293,8 +293,8 @@ impl Pointwise {
         {
             // SAFETY: each arm runs a function built for features this CPU
             // has (checked here, not only when the op was built).
-            let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+            let isa = crate::cpu::Isa::best();
+            let (avx512, avx2) = (isa >= crate::cpu::Isa::Avx512, isa >= crate::cpu::Isa::Avx2);
             match (self.tile, self.width) {
                 (6, 32) if avx512 => return unsafe { band_avx512::<6, 32>(&k, x, offsets, weights, bias, band) },
                 (4, 48) if avx512 => return unsafe { band_avx512::<4, 48>(&k, x, offsets, weights, bias, band) },
@@ -567,10 +567,7 @@ fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Poi
 /// blocks, whose weights dominate), six elsewhere; as many channels as
 /// fill twelve vector registers.
 fn tile_for(pixels: usize) -> (usize, usize) {
-    #[cfg(target_arch = "x86_64")]
-    let lanes = if std::arch::is_x86_feature_detected!("avx512f") { 16 } else { 8 };
-    #[cfg(not(target_arch = "x86_64"))]
-    let lanes = 8;
+    let lanes = if crate::cpu::Isa::detected() == crate::cpu::Isa::Avx512 { 16 } else { 8 };
     if pixels <= 16 && pixels.is_multiple_of(4) {
         (4, 3 * lanes)
     } else {
@@ -704,7 +701,11 @@ mod tests {
                 want[p * cout + o] = (s + f64::from(bias[o])) as f32;
             }
         }
-        for tile in [(6, 16), (4, 24), (6, 32), (4, 48)] {
+        let widths: Vec<_> = crate::cpu::Isa::available().map(crate::cpu::Isa::name).collect();
+        eprintln!("pointwise tiles checked under: {}", widths.join(", "));
+        for (isa, tile) in
+            crate::cpu::Isa::available().flat_map(|i| [(6, 16), (4, 24), (6, 32), (4, 48)].map(|t| (i, t)))
+        {
             let op = Pointwise::tiled(
                 tile,
                 [cin, cout],
@@ -718,8 +719,8 @@ mod tests {
             )
             .unwrap();
             let mut got = vec![f32::NAN; pixels * cout];
-            op.run_into(&x, None, &mut got).unwrap();
-            crate::flat::assert_close(&want, &got, 1e-5, &format!("tile {tile:?}"));
+            crate::cpu::Isa::capped(isa, || op.run_into(&x, None, &mut got)).unwrap();
+            crate::flat::assert_close(&want, &got, 1e-5, &format!("tile {tile:?} under {}", isa.name()));
         }
     }
 

@@ -8,7 +8,7 @@
 //! architectures get the plain loop.
 
 /// Defines `fn $name` whose body is compiled three times (baseline, AVX2,
-/// AVX-512) and dispatched on what the CPU has.
+/// AVX-512) and dispatched on [`crate::cpu::Isa::best`].
 macro_rules! vectorized {
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -25,13 +25,12 @@ macro_rules! vectorized {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the feature the function is built for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                match crate::cpu::Isa::best() {
+                    // SAFETY: `best` never names a width the CPU lacks.
+                    crate::cpu::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    crate::cpu::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::cpu::Isa::Portable => {}
                 }
             }
             body($($arg),*)
@@ -119,6 +118,14 @@ mod tests {
 
     #[test]
     fn loops_match_their_plain_arithmetic() {
+        let widths: Vec<_> = crate::cpu::Isa::available().map(crate::cpu::Isa::name).collect();
+        eprintln!("simd loops checked on this CPU: {}", widths.join(", "));
+        for isa in crate::cpu::Isa::available() {
+            crate::cpu::Isa::capped(isa, loops_match_under_the_current_width);
+        }
+    }
+
+    fn loops_match_under_the_current_width() {
         let values: Vec<f32> = (0..7 * 37).map(|i| (i as f32 * 0.7).sin()).collect();
         let scale: Vec<f32> = (0..37).map(|i| 1.0 + i as f32 * 0.01).collect();
         let mut scaled = values.clone();
