@@ -588,3 +588,105 @@ fn a_frame_buffer_too_small_for_the_backbone_is_refused_at_boot() {
     let head = GaussianHead::with_capacity(config()).unwrap();
     assert!(Server::boot(head, p, bufs, info, FRAME).is_err());
 }
+
+/// The fuzz targets' seed corpora are what these tests send: a session of
+/// requests for the server, frames for the decoder, a small statistics
+/// file and a manifest. Kept in `fuzz/corpus/` and checked here so they
+/// follow the protocol; `GAUSSEDGE_BLESS=1` rewrites them.
+#[cfg(feature = "std")]
+#[test]
+fn fuzz_seed_corpora_are_current() {
+    let session: Vec<Request> = vec![
+        Request::Hello,
+        Request::BeginClass { label: label("c").unwrap(), extend: false },
+        Request::Capture { count: 4, source_class: Some(2) },
+        Request::CommitClass,
+        Request::Frame { format: FRAME, usage: FrameUse::Predict, data: Chunk::from_slice(&[90; 48]).unwrap() },
+        Request::SetNoveltyThreshold(3.5),
+        Request::Download { source: DownloadSource::Stats, offset: 0, max: 512 },
+        Request::ListClasses { from: 0 },
+        Request::ForgetClass { label: label("c").unwrap() },
+        Request::Reset,
+    ];
+    // As link bytes (whole frames), or as the fuzz targets' sealed records
+    // (`[length][request body]`, each wrapped in a valid frame there).
+    let frames = |first: u8| {
+        let mut out = vec![first];
+        for (i, r) in session.iter().enumerate() {
+            out.extend(wire::encode_vec(i as u32 + 1, r).unwrap());
+        }
+        out
+    };
+    let records = |first: u8| {
+        let mut out = vec![first];
+        for (i, r) in session.iter().enumerate() {
+            let mut frame = wire::encode_vec(i as u32 + 1, r).unwrap();
+            let n = frame.len() - 1;
+            let body = wire::decode(&mut frame[..n]).unwrap().body.to_vec();
+            out.push(body.len() as u8);
+            out.extend(body);
+        }
+        out
+    };
+    let head = {
+        let mut c = config();
+        c.dim = 4;
+        let mut h = GaussianHead::with_capacity(c).unwrap();
+        for (name, offset) in [("a", 0.0), ("b", 3.0)] {
+            h.begin(label(name).unwrap()).unwrap();
+            for k in 0..5 {
+                let k = k as f32;
+                h.learn(&[offset + k * 0.1, 1.0 - k * 0.2, offset * k * 0.05, 0.3 * k]).unwrap();
+            }
+            h.commit().unwrap();
+        }
+        h
+    };
+    let manifest = crate::bundle::Manifest {
+        format: crate::bundle::MANIFEST_FORMAT,
+        dataset: "cifar10".into(),
+        labels: ["a", "b", "c"].map(String::from).to_vec(),
+        base_classes: vec![0, 1],
+        preprocess: preprocess(),
+        feature_dim: DIM,
+        layers: crate::bundle::default_layers(),
+        backbone_sha256: crate::bundle::hex(&MemPlatform::sha256_of(FACTORY)),
+        head: crate::bundle::HeadDefaults {
+            weighting: Estimator::Pooled.weighting(),
+            settings: Estimator::Pooled.settings(),
+            transform: Transform::IDENTITY,
+        },
+        extra: serde_json::Value::Null,
+    };
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("server/session", records(0)),
+        ("server/session-power-cut", records(0x85)),
+        ("server/session-link-bytes", frames(0x20)),
+        ("frames/requests", frames(7)),
+        ("frames/request-bodies", records(0x87)),
+        (
+            "frames/responses",
+            [vec![13], wire::encode_vec(1, &Response::Staged { count: 4 }).unwrap(), {
+                wire::encode_vec(
+                    2,
+                    &Response::Error { code: ErrorCode::Full, detail: wire::detail(&"the head is full") },
+                )
+                .unwrap()
+            }]
+            .concat(),
+        ),
+        ("stats/two-classes", stats::to_vec(&head, &StatsMeta::default()).unwrap()),
+        ("manifest/valid", serde_json::to_vec_pretty(&manifest).unwrap()),
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let bless = std::env::var_os("GAUSSEDGE_BLESS").is_some();
+    for (name, bytes) in seeds {
+        let path = root.join(name);
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(committed == bytes, "{} is stale: rerun this test with GAUSSEDGE_BLESS=1", path.display());
+    }
+}

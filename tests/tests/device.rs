@@ -330,7 +330,11 @@ fn a_pull_reads_the_slot_once_not_once_per_chunk() {
     // Served from one read of the slot; re-reading it per chunk would be
     // `chunks` times the slot (quadratic).
     assert!(chunks > 4, "{chunks} chunks");
-    assert!(read < 2 * slot + (1 << 20), "a pull of {} bytes in {chunks} chunks read {read} bytes of a {slot}-byte slot", pulled.len());
+    assert!(
+        read < 2 * slot + (1 << 20),
+        "a pull of {} bytes in {chunks} chunks read {read} bytes of a {slot}-byte slot",
+        pulled.len()
+    );
 }
 
 #[test]
