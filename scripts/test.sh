@@ -17,3 +17,25 @@ if rustup target list --installed 2>/dev/null | grep -qx "$target" \
 else
   echo "no_std build for $target: skipped (rustup could not add the target here)"
 fi
+
+# ARM edge devices (Raspberry Pi, Jetson): the crates a device runs, built
+# for aarch64 and tested under qemu-user (.cargo/config.toml names the
+# linker and the runner). On ARM the x86 kernels step aside and tract's own
+# run; the op tests hold both to the same features.
+arm=aarch64-unknown-linux-gnu
+arm_packages=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+arm_missing=()
+for p in "${arm_packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || arm_missing+=("$p")
+done
+if [ "${#arm_missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${arm_missing[@]}"; } >/dev/null 2>&1 || true
+fi
+if command -v qemu-aarch64 >/dev/null 2>&1 && command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
+  && { rustup target list --installed 2>/dev/null | grep -qx "$arm" || timeout 300 rustup target add "$arm" >/dev/null 2>&1; }; then
+  cargo test --locked --target "$arm" -p gaussedge-shared -p gaussedge-bundle -p gaussedge-data -p gaussedge-device
+  echo "aarch64 tests under qemu-user: ok"
+else
+  echo "aarch64 tests: skipped (no cross linker, qemu-user or rustup target here)"
+fi

@@ -316,6 +316,7 @@ impl Pointwise {
 /// KB): the late blocks' weights stream from L3 or memory, once a frame.
 /// 16 ahead left the 1x1 convolutions 5-8% slower on the 2-core EPYC; 32
 /// to 256 measured alike.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 64;
 
 /// The largest pixel tile.
