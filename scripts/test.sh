@@ -12,8 +12,8 @@ target=thumbv7em-none-eabihf
 if rustup target list --installed 2>/dev/null | grep -qx "$target" \
   || timeout 300 rustup target add "$target" >/dev/null 2>&1; then
   cargo build --locked -p gaussedge-shared --no-default-features --target "$target"
-  cargo build --locked -p gaussedge-device --no-default-features --target "$target"
-  echo "no_std builds (shared; device protocol server and persistence) for $target: ok"
+  cargo build --locked -p gaussedge-firmware --target "$target"
+  echo "no_std builds (shared; firmware: protocol server and persistence) for $target: ok"
 else
   echo "no_std build for $target: skipped (rustup could not add the target here)"
 fi
@@ -34,7 +34,8 @@ if [ "${#arm_missing[@]}" -gt 0 ]; then
 fi
 if command -v qemu-aarch64 >/dev/null 2>&1 && command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
   && { rustup target list --installed 2>/dev/null | grep -qx "$arm" || timeout 300 rustup target add "$arm" >/dev/null 2>&1; }; then
-  cargo test --locked --target "$arm" -p gaussedge-shared -p gaussedge-bundle -p gaussedge-data -p gaussedge-device
+  cargo test --locked --target "$arm" -p gaussedge-shared -p gaussedge-bundle -p gaussedge-firmware -p gaussedge-data \
+    -p gaussedge-device
   echo "aarch64 tests under qemu-user: ok"
 else
   echo "aarch64 tests: skipped (no cross linker, qemu-user or rustup target here)"

@@ -1,23 +1,15 @@
-//! The gaussedge device.
+//! The gaussedge device simulator and its backbone.
 //!
-//! Without features this is the `no_std` core a microcontroller would run:
-//! the sans-IO protocol [`server`], the A/B slot [`persist`]ence, and the
-//! [`platform`] trait that hides the backbone, storage and camera. With
-//! `std` (default) it adds the simulator's adapters: tract for the backbone
-//! ([`backbone`]), bundles on disk ([`bundle`]), files for the slots and a
-//! dataset for the camera ([`sim`]), and a serial-port or PTY transport
+//! The firmware core (protocol server, persistence, platform trait) is the
+//! `no_std` crate `gaussedge-firmware`, re-exported here as [`server`],
+//! [`persist`] and [`platform`]. This crate adds what runs it on a Linux
+//! host or board: tract for the backbone ([`backbone`], with its rewrite
+//! ops and kernels), bundles on disk ([`bundle`]), files for the slots and
+//! a dataset for the camera ([`sim`]), and a serial-port or PTY transport
 //! ([`link`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 
-#[cfg(any(test, feature = "mem"))]
-extern crate alloc;
-
-/// The in-memory platform (unit tests, fuzzing, power-loss testing).
-#[cfg(any(test, feature = "mem"))]
-pub mod mem;
-pub mod persist;
-pub mod platform;
-pub mod server;
+pub use gaussedge_firmware::{persist, platform, server};
 
 #[cfg(feature = "std")]
 pub mod backbone;

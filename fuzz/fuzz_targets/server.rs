@@ -5,8 +5,8 @@
 //! the input leaves a device that boots.
 #![no_main]
 
-use gaussedge_device::mem::{Bench, MemPlatform, PowerCut};
-use gaussedge_device::server::{Buffers, Server};
+use gaussedge_firmware::mem::{Bench, MemPlatform, PowerCut};
+use gaussedge_firmware::server::{Buffers, Server};
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::wire::FrameFormat;
 use gaussedge_shared::{Estimator, GaussianHead, HeadConfig, Transform};

@@ -353,12 +353,16 @@ impl Platform for MemPlatform {
 /// Buffers and a head for a server on a [`MemPlatform`], owned: what a
 /// test or fuzz target boots with.
 pub struct Bench {
+    /// The raw frame buffer (the largest frame accepted).
     pub frame: Vec<u8>,
+    /// One preprocessed input.
     pub input: Vec<f32>,
+    /// One feature vector.
     pub features: Vec<f32>,
 }
 
 impl Bench {
+    /// Buffers for `info`'s backbone and frames up to `max_frame`.
     pub fn new(info: &BackboneInfo, max_frame: FrameFormat) -> Self {
         Bench {
             frame: vec![0; max_frame.len()],

@@ -13,7 +13,9 @@ pub const MAX_FAULT_DETAIL: usize = 96;
 /// A failure of the platform, reported to the host as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
+    /// What the host is told went wrong.
     pub code: ErrorCode,
+    /// In words, for a person.
     pub detail: heapless::String<MAX_FAULT_DETAIL>,
 }
 
@@ -32,14 +34,19 @@ impl Fault {
 /// The backbone currently loaded.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackboneInfo {
+    /// How frames become its input.
     pub preprocess: Preprocess,
+    /// Length of its feature vector.
     pub dim: usize,
+    /// SHA-256 of its file: statistics name the backbone they belong to.
     pub sha256: [u8; 32],
 }
 
 /// One of the two persistent slots.
 pub type Slot = u8;
 
+/// The hardware behind the protocol server: backbone, slots, uploads,
+/// bundles, camera and the store of captured samples.
 pub trait Platform {
     /// Runs the backbone on one preprocessed input.
     fn extract(&mut self, input: &[f32], features: &mut [f32]) -> Result<(), Fault>;
@@ -54,9 +61,11 @@ pub trait Platform {
     /// Starts staging an upload of `len` bytes (not frames: those go into
     /// the server's frame buffer). Refuses sizes it cannot hold.
     fn upload_begin(&mut self, target: UploadTarget, len: u32) -> Result<(), Fault>;
+    /// Appends `bytes`, which must start at `offset`, the bytes received so far.
     fn upload_write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Fault>;
     /// The staged upload, complete.
     fn upload_bytes(&mut self) -> Result<&[u8], Fault>;
+    /// Drops the staged upload.
     fn upload_discard(&mut self);
 
     /// Keeps the verified upload as one file of the next bundle.
@@ -76,7 +85,10 @@ pub trait Platform {
 
     /// Keeps a learned sample for later retraining (bounded per class).
     fn store_sample(&mut self, label: &str, format: FrameFormat, pixels: &[u8]);
+    /// Samples stored for `label`.
     fn stored_count(&self, label: &str) -> u32;
+    /// Stored sample `index` of `label`, oldest first.
     fn stored_sample(&mut self, label: &str, index: u32) -> Option<(FrameFormat, &[u8])>;
+    /// Forgets the samples stored for `label`.
     fn drop_samples(&mut self, label: &str);
 }

@@ -48,14 +48,20 @@ struct Upload {
 /// Counters for tests and diagnostics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Frames received whole and intact.
     pub frames_in: u64,
+    /// Frames dropped: damaged, oversize, or not a frame.
     pub bad_frames: u64,
+    /// Requests carried out.
     pub applied: u64,
+    /// Repeated requests answered from the cache instead.
     pub replayed: u64,
 }
 
+/// The protocol server: a device's whole state machine (see the module docs).
 pub struct Server<'a, S: Storage, P: Platform> {
     head: GaussianHead<S>,
+    /// The hardware it runs on.
     pub platform: P,
     bufs: Buffers<'a>,
     backbone: BackboneInfo,
@@ -161,12 +167,15 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
         })
     }
 
+    /// The head, as last committed or loaded.
     pub fn head(&self) -> &GaussianHead<S> {
         &self.head
     }
+    /// The slot the current state was loaded from or saved to, if any.
     pub fn loaded_from(&self) -> Option<Loaded> {
         self.current
     }
+    /// What the server has seen since boot.
     pub fn counters(&self) -> Stats {
         self.counters
     }

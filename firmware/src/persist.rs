@@ -26,20 +26,27 @@ use gaussedge_shared::head::{GaussianHead, Storage};
 use gaussedge_shared::stats::{self, StatsMeta};
 use gaussedge_shared::wire::ErrorCode;
 
+/// First bytes of a valid slot.
 pub const MAGIC: [u8; 4] = *b"GESL";
+/// Version of the slot layout above.
 pub const LAYOUT: u16 = 1;
+/// Bytes of the slot header.
 pub const HEADER: usize = 32;
 const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
 
 /// A decoded slot header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotHeader {
+    /// One more than the generation of the slot this one replaced.
     pub generation: u64,
+    /// Payload bytes after the header.
     pub len: u64,
+    /// CRC-32 of the payload.
     pub crc: u32,
 }
 
 impl SlotHeader {
+    /// The header as it is written, its own CRC last.
     pub fn encode(&self) -> [u8; HEADER] {
         let mut h = [0u8; HEADER];
         h[0..4].copy_from_slice(&MAGIC);
@@ -80,13 +87,16 @@ impl SlotHeader {
 /// The device state persisted besides the statistics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Persisted {
+    /// Squared Mahalanobis distance above which a prediction is novel.
     pub novelty_threshold: f64,
 }
 
 /// Where the head was loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loaded {
+    /// The slot holding the state.
     pub slot: Slot,
+    /// Its generation (saves since the first).
     pub generation: u64,
 }
 

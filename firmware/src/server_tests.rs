@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::mem::{Bench, MemPlatform, PowerCut};
+use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use gaussedge_shared::config::{Estimator, Regularizer};
@@ -593,7 +594,6 @@ fn a_frame_buffer_too_small_for_the_backbone_is_refused_at_boot() {
 /// requests for the server, frames for the decoder, a small statistics
 /// file and a manifest. Kept in `fuzz/corpus/` and checked here so they
 /// follow the protocol; `GAUSSEDGE_BLESS=1` rewrites them.
-#[cfg(feature = "std")]
 #[test]
 fn fuzz_seed_corpora_are_current() {
     let session: Vec<Request> = vec![
@@ -642,16 +642,16 @@ fn fuzz_seed_corpora_are_current() {
         }
         h
     };
-    let manifest = crate::bundle::Manifest {
-        format: crate::bundle::MANIFEST_FORMAT,
+    let manifest = gaussedge_bundle::Manifest {
+        format: gaussedge_bundle::MANIFEST_FORMAT,
         dataset: "cifar10".into(),
         labels: ["a", "b", "c"].map(String::from).to_vec(),
         base_classes: vec![0, 1],
         preprocess: preprocess(),
         feature_dim: DIM,
-        layers: crate::bundle::default_layers(),
-        backbone_sha256: crate::bundle::hex(&MemPlatform::sha256_of(FACTORY)),
-        head: crate::bundle::HeadDefaults {
+        layers: gaussedge_bundle::default_layers(),
+        backbone_sha256: gaussedge_bundle::hex(&MemPlatform::sha256_of(FACTORY)),
+        head: gaussedge_bundle::HeadDefaults {
             weighting: Estimator::Pooled.weighting(),
             settings: Estimator::Pooled.settings(),
             transform: Transform::IDENTITY,
