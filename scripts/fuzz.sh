@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a set time and reports executions and findings.
 #
-#   scripts/fuzz.sh [SECONDS]   (default 60 per target)
+#   scripts/fuzz.sh [SECONDS [TARGET...]]   (default 60 s each, every target)
 #
 # Needs the nightly toolchain (cargo-fuzz is installed into ~/.cargo/bin if
 # missing); without it, says so and exits 0. The committed seeds are in
@@ -27,6 +27,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 targets=(frames stats server manifest)
+if [ "$#" -gt 1 ]; then targets=("${@:2}"); fi
 build_log=$(mktemp)
 if ! (cd fuzz && cargo +nightly fuzz build) >"$build_log" 2>&1; then
   cat "$build_log"
