@@ -6,8 +6,9 @@ use crate::backbone::Backbone;
 use crate::bundle::{self, Manifest};
 use crate::platform::{BackboneInfo, Fault, Platform, Slot};
 use gaussedge_data::{Dataset, DatasetKind, Split};
+use gaussedge_firmware::samples::SampleStore;
 use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, UploadTarget};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -109,8 +110,7 @@ pub struct SimPlatform {
     upload: Option<(UploadTarget, Vec<u8>)>,
     staged: HashMap<BundleFileKey, Vec<u8>>,
     camera: Option<Camera>,
-    store: HashMap<String, VecDeque<(FrameFormat, Vec<u8>)>>,
-    store_per_class: usize,
+    store: SampleStore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,8 +257,7 @@ impl SimPlatform {
             upload: None,
             staged: HashMap::new(),
             camera: opts.camera,
-            store: HashMap::new(),
-            store_per_class: opts.store_per_class,
+            store: SampleStore::new(opts.store_per_class),
         })
     }
 
@@ -422,25 +421,18 @@ impl Platform for SimPlatform {
     }
 
     fn store_sample(&mut self, label: &str, format: FrameFormat, pixels: &[u8]) {
-        if self.store_per_class == 0 {
-            return;
-        }
-        let ring = self.store.entry(label.to_string()).or_default();
-        if ring.len() == self.store_per_class {
-            ring.pop_front();
-        }
-        ring.push_back((format, pixels.to_vec()));
+        self.store.push(label, format, pixels);
     }
 
     fn stored_count(&self, label: &str) -> u32 {
-        self.store.get(label).map_or(0, |r| r.len() as u32)
+        self.store.count(label)
     }
 
     fn stored_sample(&mut self, label: &str, index: u32) -> Option<(FrameFormat, &[u8])> {
-        self.store.get(label)?.get(index as usize).map(|(f, p)| (*f, p.as_slice()))
+        self.store.get(label, index)
     }
 
     fn drop_samples(&mut self, label: &str) {
-        self.store.remove(label);
+        self.store.drop_label(label);
     }
 }

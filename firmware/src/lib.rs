@@ -9,7 +9,7 @@
 #![no_std]
 #![warn(missing_docs)]
 
-#[cfg(any(test, feature = "mem"))]
+#[cfg(any(test, feature = "alloc"))]
 extern crate alloc;
 #[cfg(test)]
 extern crate std;
@@ -18,4 +18,6 @@ extern crate std;
 pub mod mem;
 pub mod persist;
 pub mod platform;
+#[cfg(any(test, feature = "alloc"))]
+pub mod samples;
 pub mod server;

@@ -18,14 +18,16 @@
 //!   This is littlefs's power-loss testing, brought to the A/B slots.
 
 use crate::platform::{BackboneInfo, Fault, Platform, Slot};
-use alloc::collections::{BTreeMap, VecDeque};
-use alloc::string::{String, ToString};
+use crate::samples::SampleStore;
 use alloc::vec;
 use alloc::vec::Vec;
 use gaussedge_shared::preprocess::input_len;
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, UploadTarget};
 use sha2::{Digest, Sha256};
+
+/// Captured samples kept per class.
+const STORE_PER_CLASS: usize = 8;
 
 /// Largest upload staged (a real device's staging area is bounded too).
 pub const MAX_UPLOAD: u32 = 1 << 20;
@@ -101,8 +103,7 @@ pub struct MemPlatform {
     upload: Option<Vec<u8>>,
     staged: [Option<Vec<u8>>; 3],
     captures: u64,
-    store: BTreeMap<String, VecDeque<(FrameFormat, Vec<u8>)>>,
-    store_per_class: usize,
+    store: SampleStore,
 }
 
 fn lost() -> Fault {
@@ -124,8 +125,7 @@ impl MemPlatform {
             upload: None,
             staged: [None, None, None],
             captures: 0,
-            store: BTreeMap::new(),
-            store_per_class: 8,
+            store: SampleStore::new(STORE_PER_CLASS),
         }
     }
 
@@ -172,7 +172,7 @@ impl MemPlatform {
             dead: false,
             upload: None,
             staged: [None, None, None],
-            store: BTreeMap::new(),
+            store: SampleStore::new(STORE_PER_CLASS),
             ..self.clone()
         }
     }
@@ -327,26 +327,19 @@ impl Platform for MemPlatform {
     }
 
     fn store_sample(&mut self, label: &str, format: FrameFormat, pixels: &[u8]) {
-        if self.store_per_class == 0 {
-            return;
-        }
-        let ring = self.store.entry(label.to_string()).or_default();
-        if ring.len() == self.store_per_class {
-            ring.pop_front();
-        }
-        ring.push_back((format, pixels.to_vec()));
+        self.store.push(label, format, pixels);
     }
 
     fn stored_count(&self, label: &str) -> u32 {
-        self.store.get(label).map_or(0, |r| r.len() as u32)
+        self.store.count(label)
     }
 
     fn stored_sample(&mut self, label: &str, index: u32) -> Option<(FrameFormat, &[u8])> {
-        self.store.get(label)?.get(index as usize).map(|(f, p)| (*f, p.as_slice()))
+        self.store.get(label, index)
     }
 
     fn drop_samples(&mut self, label: &str) {
-        self.store.remove(label);
+        self.store.drop_label(label);
     }
 }
 
