@@ -84,10 +84,6 @@ fn fault(f: Fault) -> Response {
     Response::Error { code: f.code, detail: f.wire_detail() }
 }
 
-fn display(e: &dyn core::fmt::Display) -> wire::Detail {
-    wire::detail(e)
-}
-
 fn head_error(e: HeadError) -> Response {
     let code = match e {
         HeadError::DimMismatch { .. } => ErrorCode::DimMismatch,
@@ -105,17 +101,17 @@ fn head_error(e: HeadError) -> Response {
         HeadError::InvalidSetting(_) => ErrorCode::BadRequest,
         HeadError::CountOverflow => ErrorCode::Full,
     };
-    Response::Error { code, detail: display(&e) }
+    Response::Error { code, detail: wire::detail(&e) }
 }
 
 fn stats_error(e: StatsError) -> Response {
     match e {
         StatsError::Head(h) => head_error(h),
         StatsError::BackboneMismatch { .. } => {
-            Response::Error { code: ErrorCode::BackboneMismatch, detail: display(&e) }
+            Response::Error { code: ErrorCode::BackboneMismatch, detail: wire::detail(&e) }
         }
-        StatsError::DimMismatch { .. } => Response::Error { code: ErrorCode::DimMismatch, detail: display(&e) },
-        other => Response::Error { code: ErrorCode::BadStats, detail: display(&other) },
+        StatsError::DimMismatch { .. } => Response::Error { code: ErrorCode::DimMismatch, detail: wire::detail(&e) },
+        other => Response::Error { code: ErrorCode::BadStats, detail: wire::detail(&other) },
     }
 }
 
@@ -420,7 +416,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
         }
         let frame = &self.bufs.frame[..format.len()];
         if let Err(e) = frame_to_input(frame, format, &self.backbone.preprocess, self.bufs.input) {
-            return Response::Error { code: ErrorCode::BadFrame, detail: display(&e) };
+            return Response::Error { code: ErrorCode::BadFrame, detail: wire::detail(&e) };
         }
         if let Err(f) = self.platform.extract(self.bufs.input, self.bufs.features) {
             return fault(f);
