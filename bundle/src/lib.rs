@@ -42,8 +42,76 @@ pub struct Manifest {
     /// Hex SHA-256 of `backbone.onnx`.
     pub backbone_sha256: String,
     pub head: HeadDefaults,
+    /// How the "unknown" threshold in `head.stats` was chosen (absent in
+    /// bundles written before it was calibrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     #[serde(default)]
     pub extra: serde_json::Value,
+}
+
+/// Which training images were held out to calibrate the threshold: the
+/// stratified split `gaussedge train` makes for validation (seeded, a
+/// fraction of each base class, after an optional per-class limit), so that
+/// for a backbone gaussedge trained they are images it never trained on.
+/// They are left out of the statistics fit as well.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeldOut {
+    pub seed: u64,
+    pub fraction: f64,
+    #[serde(default)]
+    pub limit_per_class: Option<usize>,
+}
+
+/// The bundle's "unknown" threshold and how it was measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Share of held-out base-class samples the threshold keeps (answers
+    /// with a class); the rest are answered "unknown".
+    pub target_tpr: f64,
+    /// Novelty score above which the device answers "unknown"; the same
+    /// value is in `head.stats`.
+    pub threshold: f64,
+    /// Held-out samples it was measured on.
+    pub samples: usize,
+    pub held_out: HeldOut,
+    /// `[tpr, threshold]` pairs over a range of rates, so another rate can
+    /// be chosen later without the samples (`gaussedge threshold --tpr`).
+    pub quantiles: Vec<[f64; 2]>,
+}
+
+impl Calibration {
+    /// The threshold that keeps `tpr` of the held-out samples, interpolated
+    /// between recorded rates; `None` outside the recorded range.
+    pub fn threshold_for(&self, tpr: f64) -> Option<f64> {
+        let q = &self.quantiles;
+        if tpr < q.first()?[0] || tpr > q.last()?[0] {
+            return None;
+        }
+        let i = q.iter().position(|p| p[0] >= tpr)?;
+        if i == 0 {
+            return Some(q[0][1]);
+        }
+        let (a, b) = (q[i - 1], q[i]);
+        Some(a[1] + (b[1] - a[1]) * (tpr - a[0]) / (b[0] - a[0]))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let rate = |r: f64| r > 0.0 && r <= 1.0;
+        let score = gaussedge_shared::stats::valid_threshold;
+        if !rate(self.target_tpr) || !score(self.threshold) {
+            return Err(format!("calibration: rate {} or threshold {}", self.target_tpr, self.threshold));
+        }
+        if !(self.held_out.fraction > 0.0 && self.held_out.fraction < 1.0) {
+            return Err(format!("calibration: held-out fraction {}", self.held_out.fraction));
+        }
+        if self.quantiles.iter().any(|p| !rate(p[0]) || !score(p[1]))
+            || self.quantiles.windows(2).any(|w| w[1][0] <= w[0][0] || w[1][1] < w[0][1])
+        {
+            return Err("calibration: quantiles must be increasing rates in (0, 1] with thresholds >= 0".into());
+        }
+        Ok(())
+    }
 }
 
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -90,11 +158,15 @@ fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(MANIFEST);
-        let bytes = read(&path)?;
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|source| BundleError::Manifest { path: path.display().to_string(), source })?;
+        Manifest::from_bytes(&path.display().to_string(), &read(&path)?)
+    }
+
+    /// A manifest from its bytes, checked; `origin` names it in errors.
+    pub fn from_bytes(origin: &str, bytes: &[u8]) -> Result<Self, BundleError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|source| BundleError::Manifest { path: origin.into(), source })?;
         if m.format != MANIFEST_FORMAT {
-            return Err(BundleError::Format { path: path.display().to_string(), found: m.format });
+            return Err(BundleError::Format { path: origin.into(), found: m.format });
         }
         m.check()?;
         Ok(m)
@@ -128,6 +200,9 @@ impl Manifest {
         if let Some(c) = self.base_classes.iter().find(|&&c| c as usize >= self.labels.len()) {
             return bad(format!("base class {c} has no label ({} labels)", self.labels.len()));
         }
+        if let Some(c) = &self.calibration {
+            c.check().or_else(bad)?;
+        }
         Ok(())
     }
 
@@ -145,6 +220,7 @@ impl Manifest {
 }
 
 /// A bundle read from disk, the backbone verified against the manifest.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bundle {
     pub manifest: Manifest,
     pub onnx: Vec<u8>,
@@ -155,12 +231,27 @@ impl Bundle {
     pub fn read(dir: &Path) -> Result<Self, BundleError> {
         let manifest = Manifest::read(dir)?;
         let onnx = read(&dir.join(BACKBONE))?;
+        let stats_path = dir.join(STATS);
+        let stats = if stats_path.exists() { Some(read(&stats_path)?) } else { None };
+        Bundle::checked(manifest, onnx, stats)
+    }
+
+    /// A bundle from its files' bytes (a device's flash, an upload), checked
+    /// as [`Bundle::read`] checks one on disk; `origin` names it in errors.
+    pub fn from_parts(
+        origin: &str,
+        manifest: &[u8],
+        onnx: Vec<u8>,
+        stats: Option<Vec<u8>>,
+    ) -> Result<Self, BundleError> {
+        Bundle::checked(Manifest::from_bytes(&format!("{origin}/{MANIFEST}"), manifest)?, onnx, stats)
+    }
+
+    fn checked(manifest: Manifest, onnx: Vec<u8>, stats: Option<Vec<u8>>) -> Result<Self, BundleError> {
         let actual = hex(&sha256(&onnx));
         if actual != manifest.backbone_sha256 {
             return Err(BundleError::Hash { expected: manifest.backbone_sha256.clone(), actual });
         }
-        let stats_path = dir.join(STATS);
-        let stats = if stats_path.exists() { Some(read(&stats_path)?) } else { None };
         Ok(Bundle { manifest, onnx, stats })
     }
 }
@@ -185,8 +276,30 @@ mod tests {
                 settings: Estimator::Pooled.settings(),
                 transform: Transform::IDENTITY,
             },
+            calibration: None,
             extra: serde_json::Value::Null,
         }
+    }
+
+    fn calibration(threshold: f64) -> Calibration {
+        Calibration {
+            target_tpr: 0.95,
+            threshold,
+            samples: 100,
+            held_out: HeldOut { seed: 0, fraction: 0.05, limit_per_class: None },
+            quantiles: vec![[0.5, 10.0], [0.9, 20.0], [0.95, 30.0], [1.0, 50.0]],
+        }
+    }
+
+    #[test]
+    fn other_rates_are_read_off_the_recorded_quantiles() {
+        let c = calibration(30.0);
+        assert_eq!(c.threshold_for(0.95), Some(30.0));
+        assert_eq!(c.threshold_for(0.5), Some(10.0));
+        assert!((c.threshold_for(0.7).unwrap() - 15.0).abs() < 1e-9);
+        assert!((c.threshold_for(0.975).unwrap() - 40.0).abs() < 1e-9);
+        assert_eq!(c.threshold_for(0.4), None);
+        assert_eq!(c.threshold_for(f64::NAN), None);
     }
 
     #[test]
@@ -205,9 +318,12 @@ mod tests {
             (|m| m.backbone_sha256 = "é".repeat(32), "not 64 hex digits"),
             (|m| m.head.settings.regularizer = gaussedge_shared::Regularizer::Shrinkage(f64::NAN), "shrinkage"),
             (|m| m.base_classes.push(10), "base class 10 has no label"),
+            (|m| m.calibration = Some(calibration(f64::NAN)), "threshold NaN"),
+            (|m| m.calibration.as_mut().unwrap().quantiles.reverse(), "quantiles must be increasing"),
         ];
         for (edit, why) in cases {
             let mut m = manifest();
+            m.calibration = Some(calibration(30.0));
             edit(&mut m);
             let err = m.check().unwrap_err().to_string();
             assert!(err.contains(why), "{err:?} should say {why:?}");

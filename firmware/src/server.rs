@@ -22,7 +22,8 @@ use sha2::{Digest, Sha256};
 
 /// Firmware version reported in [`DeviceInfo`].
 pub const FIRMWARE: &str = env!("CARGO_PKG_VERSION");
-/// Default squared-Mahalanobis novelty threshold until the host sets one.
+/// Novelty threshold of statistics that bring none (files before version 4,
+/// heads fitted without calibration): never answer "unknown".
 pub const DEFAULT_NOVELTY_THRESHOLD: f64 = f64::INFINITY;
 /// Size of the header of a capture download: width, height (u16 LE), channels.
 pub const CAPTURE_HEADER: usize = 5;
@@ -142,8 +143,9 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 let base = platform.base_stats()?;
                 let expect = stats::Expect { backbone_sha256: Some(backbone.sha256) };
                 if !base.is_empty() {
-                    stats::load(&mut head, base, &expect)
+                    let h = stats::load(&mut head, base, &expect)
                         .map_err(|e| Fault { code: ErrorCode::BadStats, detail: wire::cut_text(&e) })?;
+                    persisted.novelty_threshold = h.novelty_threshold;
                 }
             }
         }
@@ -228,7 +230,12 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
     }
 
     fn meta(&self) -> StatsMeta {
-        StatsMeta { backbone_sha256: self.backbone.sha256, preprocess: self.backbone.preprocess, ..Default::default() }
+        StatsMeta {
+            backbone_sha256: self.backbone.sha256,
+            preprocess: self.backbone.preprocess,
+            novelty_threshold: self.persisted.novelty_threshold,
+            ..Default::default()
+        }
     }
 
     /// Makes the head's state durable. On failure the head is reloaded from
@@ -244,14 +251,27 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 // Back to the last durable state: the newest slot, or the
                 // bundle's base statistics when nothing was saved yet.
                 let sha = self.backbone.sha256;
-                if !matches!(persist::load_newest(&mut self.platform, &mut self.head, sha), Ok(Some(_))) {
-                    if let Ok(base) = self.platform.base_stats() {
-                        let _ = stats::load(&mut self.head, base, &stats::Expect { backbone_sha256: Some(sha) });
+                match persist::load_newest(&mut self.platform, &mut self.head, sha) {
+                    Ok(Some((_, p))) => self.persisted = p,
+                    _ => {
+                        if let Ok(base) = self.platform.base_stats() {
+                            let expect = stats::Expect { backbone_sha256: Some(sha) };
+                            if let Ok(h) = stats::load(&mut self.head, base, &expect) {
+                                self.persisted.novelty_threshold = h.novelty_threshold;
+                            }
+                        }
                     }
                 }
                 Err(f)
             }
         }
+    }
+
+    /// Takes the threshold that came with newly loaded statistics, then
+    /// persists (a failed save puts back the old threshold with the old head).
+    fn persist_with_threshold(&mut self, t: f64) -> Response {
+        self.persisted.novelty_threshold = t;
+        self.persist_ok()
     }
 
     /// Persists and answers `Ok`, or the storage fault.
@@ -328,10 +348,10 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                     Ok(b) => b,
                     Err(f) => return fault(f),
                 };
-                if let Err(e) = stats::load(&mut self.head, base, &expect) {
-                    return stats_error(e);
+                match stats::load(&mut self.head, base, &expect) {
+                    Ok(h) => self.persist_with_threshold(h.novelty_threshold),
+                    Err(e) => stats_error(e),
                 }
-                self.persist_ok()
             }
             Request::BeginUpload { target, len, sha256 } => self.begin_upload(target, len, sha256),
             Request::UploadChunk { offset, data } => self.upload_chunk(offset, &data),
@@ -522,7 +542,8 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 };
                 self.platform.upload_discard();
                 match result {
-                    Ok(_) => self.persist_ok(),
+                    // A pushed head brings its own "unknown" threshold.
+                    Ok(h) => self.persist_with_threshold(h.novelty_threshold),
                     Err(e) => stats_error(e),
                 }
             }
@@ -598,15 +619,18 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
             Ok(bytes) => stats::load(&mut self.head, bytes, &expect),
             Err(f) => Err(StatsError::Malformed(if f.code == ErrorCode::Storage { "storage" } else { "bundle" })),
         };
-        if let Err(e) = loaded {
-            // Put the old bundle back; the head was not changed.
-            if let Ok(old) = self.platform.bundle_rollback() {
-                self.backbone = old;
+        let header = match loaded {
+            Ok(h) => h,
+            Err(e) => {
+                // Put the old bundle back; the head was not changed.
+                if let Ok(old) = self.platform.bundle_rollback() {
+                    self.backbone = old;
+                }
+                return stats_error(e);
             }
-            return stats_error(e);
-        }
+        };
         self.backbone = info;
-        self.persist_ok()
+        self.persist_with_threshold(header.novelty_threshold)
     }
 }
 

@@ -169,6 +169,52 @@ fn info(host: &mut Host, dev: &mut Dev<'_>) -> DeviceInfo {
     }
 }
 
+/// `bytes` re-encoded with "unknown" threshold `t`.
+fn with_threshold(bytes: &[u8], t: f64) -> Vec<u8> {
+    let (head, h) = GaussianHead::from_stats(bytes, CAPACITY, &stats::Expect::default()).unwrap();
+    let meta = StatsMeta {
+        backbone_sha256: h.backbone_sha256,
+        preprocess: h.preprocess,
+        novelty_threshold: t,
+        ..Default::default()
+    };
+    stats::to_vec(&head, &meta).unwrap()
+}
+
+#[test]
+fn the_unknown_threshold_comes_with_the_statistics_and_survives_reboots() {
+    let base = with_threshold(&base_stats(), 40.0);
+    let mut bench = new_bench();
+    let mut dev = boot(MemPlatform::new(FACTORY, preprocess(), DIM, base), &mut bench);
+    let mut host = Host::new();
+    assert_eq!(info(&mut host, &mut dev).novelty_threshold, 40.0, "the bundle's threshold from boot");
+    // Saved and pulled statistics carry the device's threshold.
+    host.ok(&mut dev, &Request::SetNoveltyThreshold(7.5));
+    let pulled = host.download(&mut dev, DownloadSource::Stats);
+    assert_eq!(stats::read_header(&pulled).unwrap().novelty_threshold, 7.5);
+    // A pushed head brings its own, and it outlives a reboot.
+    assert_eq!(host.upload(&mut dev, UploadTarget::Stats, &with_threshold(&pulled, 12.0), 700), Response::Ok);
+    assert_eq!(info(&mut host, &mut dev).novelty_threshold, 12.0);
+    let platform = dev.platform.reboot();
+    drop(dev);
+    let mut bench = new_bench();
+    let mut dev = boot(platform, &mut bench);
+    assert_eq!(info(&mut host, &mut dev).novelty_threshold, 12.0);
+    // A reset goes back to the bundle's statistics and their threshold.
+    host.ok(&mut dev, &Request::Reset);
+    assert_eq!(info(&mut host, &mut dev).novelty_threshold, 40.0);
+    // Statistics that bring none (uncalibrated) mean "never unknown".
+    assert_eq!(host.upload(&mut dev, UploadTarget::Stats, &base_stats(), 700), Response::Ok);
+    assert_eq!(info(&mut host, &mut dev).novelty_threshold, f64::INFINITY);
+    // A refused upload changes neither the head nor the threshold.
+    host.ok(&mut dev, &Request::SetNoveltyThreshold(3.0));
+    let mut damaged = with_threshold(&pulled, 99.0);
+    let n = damaged.len();
+    damaged[n - 9] ^= 1;
+    assert!(matches!(host.upload(&mut dev, UploadTarget::Stats, &damaged, 700), Response::Error { .. }));
+    assert_eq!(info(&mut host, &mut dev).novelty_threshold, 3.0);
+}
+
 #[test]
 fn every_request_kind_is_answered() {
     let mut bench = new_bench();
@@ -656,6 +702,7 @@ fn fuzz_seed_corpora_are_current() {
             settings: Estimator::Pooled.settings(),
             transform: Transform::IDENTITY,
         },
+        calibration: None,
         extra: serde_json::Value::Null,
     };
     let seeds: Vec<(&str, Vec<u8>)> = vec![

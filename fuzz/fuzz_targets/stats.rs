@@ -26,10 +26,12 @@ fn open(data: &[u8]) {
             backbone_sha256: header.backbone_sha256,
             preprocess: header.preprocess,
             precision: header.scatter_precision,
+            novelty_threshold: header.novelty_threshold,
         };
         let again = stats::to_vec(&head, &meta).expect("a loaded head saves");
-        let (back, _) = GaussianHead::from_stats(&again, 4, &Expect::default()).expect("its own file loads");
+        let (back, h) = GaussianHead::from_stats(&again, 4, &Expect::default()).expect("its own file loads");
         assert_eq!(back.class_count(), head.class_count());
+        assert_eq!(h.novelty_threshold.to_bits(), header.novelty_threshold.to_bits());
     }
     // A device's fixed head, the seed corpus's dimension.
     let config = HeadConfig {

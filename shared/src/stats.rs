@@ -32,8 +32,12 @@ use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"GEHS";
 /// Version 2 added [`StatsHeader::scatter_precision`]; version 3 added
-/// [`ClassRecord::spread`] and [`HeadSettings::debias`].
-pub const VERSION: u16 = 3;
+/// [`ClassRecord::spread`] and [`HeadSettings::debias`]; version 4 added
+/// [`StatsHeader::novelty_threshold`].
+pub const VERSION: u16 = 4;
+/// The oldest version this build still reads (a device's slots written by
+/// the previous firmware must survive an update; they read as uncalibrated).
+pub const MIN_VERSION: u16 = 3;
 const PREFIX: usize = 4 + 2 + 8;
 /// Slice-by-16 tables (16 KiB of read-only data): statistics files are
 /// megabytes, and the byte-wise table would make the CRC the slowest part of
@@ -109,6 +113,44 @@ pub struct StatsHeader {
     pub preprocess: Preprocess,
     /// Storage of the pooled accumulator.
     pub scatter_precision: Precision,
+    /// Novelty score above which a prediction is answered "unknown",
+    /// calibrated on held-out samples of the base classes when the
+    /// statistics were fitted (infinite: never). It travels with the
+    /// statistics, so a pushed or flashed head brings its own.
+    pub novelty_threshold: f64,
+}
+
+/// The header of version 3 files, which had no threshold.
+#[derive(Deserialize)]
+struct HeaderV3 {
+    dim: u32,
+    capacity: u32,
+    classes: u32,
+    weighting: Weighting,
+    settings: HeadSettings,
+    transform: Transform,
+    scatter_norm: f64,
+    backbone_sha256: [u8; 32],
+    preprocess: Preprocess,
+    scatter_precision: Precision,
+}
+
+impl From<HeaderV3> for StatsHeader {
+    fn from(h: HeaderV3) -> Self {
+        StatsHeader {
+            dim: h.dim,
+            capacity: h.capacity,
+            classes: h.classes,
+            weighting: h.weighting,
+            settings: h.settings,
+            transform: h.transform,
+            scatter_norm: h.scatter_norm,
+            backbone_sha256: h.backbone_sha256,
+            preprocess: h.preprocess,
+            scatter_precision: h.scatter_precision,
+            novelty_threshold: f64::INFINITY,
+        }
+    }
 }
 
 /// Label, sample count and whitened spread of one class; its mean follows.
@@ -121,12 +163,31 @@ pub struct ClassRecord {
 }
 
 /// What a file records besides the head: the backbone the statistics belong
-/// to, and how the accumulator is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// to, how the accumulator is stored, and the "unknown" threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StatsMeta {
     pub backbone_sha256: [u8; 32],
     pub preprocess: Preprocess,
     pub precision: Precision,
+    /// See [`StatsHeader::novelty_threshold`].
+    pub novelty_threshold: f64,
+}
+
+impl Default for StatsMeta {
+    fn default() -> Self {
+        StatsMeta {
+            backbone_sha256: [0; 32],
+            preprocess: Preprocess::default(),
+            precision: Precision::F64,
+            novelty_threshold: f64::INFINITY,
+        }
+    }
+}
+
+/// Whether `t` can be a novelty threshold: not negative and not NaN
+/// (infinite means "never unknown").
+pub fn valid_threshold(t: f64) -> bool {
+    t >= 0.0
 }
 
 /// What the loader insists on; `None` accepts anything.
@@ -161,7 +222,9 @@ pub enum StatsError {
     LengthMismatch { expected: u64, found: u64 },
     #[error("not a gaussedge statistics file (magic {0:02x?})")]
     BadMagic([u8; 4]),
-    #[error("statistics format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "statistics format version {found} is not supported (this build reads versions {MIN_VERSION} to {supported})"
+    )]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("statistics file is corrupt: CRC-32 {computed:08x}, stored {stored:08x}")]
     Crc { stored: u32, computed: u32 },
@@ -216,6 +279,7 @@ pub fn header_of<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> StatsH
         backbone_sha256: meta.backbone_sha256,
         preprocess: meta.preprocess,
         scatter_precision: meta.precision,
+        novelty_threshold: meta.novelty_threshold,
     }
 }
 
@@ -454,7 +518,7 @@ pub fn read_header(bytes: &[u8]) -> Result<StatsHeader, StatsError> {
         return Err(StatsError::BadMagic(magic));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(StatsError::UnsupportedVersion { found: version, supported: VERSION });
     }
     let mut total = [0u8; 8];
@@ -472,10 +536,22 @@ pub fn read_header(bytes: &[u8]) -> Result<StatsHeader, StatsError> {
     if stored != computed {
         return Err(StatsError::Crc { stored, computed });
     }
-    let (header, _) =
-        postcard::take_from_bytes::<StatsHeader>(&body[PREFIX..]).map_err(|_| StatsError::Malformed("header"))?;
+    let (header, _) = parse_header(body)?;
     check_header(&header, found)?;
     Ok(header)
+}
+
+/// The header of a body whose prefix was checked, in either version, and
+/// the bytes after it.
+fn parse_header(body: &[u8]) -> Result<(StatsHeader, &[u8]), StatsError> {
+    let version = u16::from_le_bytes([body[4], body[5]]);
+    let bad = |_| StatsError::Malformed("header");
+    if version == 3 {
+        let (h, rest) = postcard::take_from_bytes::<HeaderV3>(&body[PREFIX..]).map_err(bad)?;
+        Ok((h.into(), rest))
+    } else {
+        postcard::take_from_bytes::<StatsHeader>(&body[PREFIX..]).map_err(bad)
+    }
 }
 
 /// What a header claims, held against the bytes that are there and against
@@ -505,6 +581,9 @@ fn check_header(h: &StatsHeader, found: u64) -> Result<(), StatsError> {
     h.preprocess.check().map_err(StatsError::Malformed)?;
     if !(h.scatter_norm.is_finite() && (0.0..=MAX_COUNT as f64).contains(&h.scatter_norm)) {
         return Err(StatsError::Malformed("scatter normaliser"));
+    }
+    if !valid_threshold(h.novelty_threshold) {
+        return Err(StatsError::Malformed("novelty threshold is negative or NaN"));
     }
     Ok(())
 }
@@ -573,9 +652,8 @@ impl<'a> Cursor<'a> {
 
 /// A cursor at the first item after the header.
 fn after_header(body: &[u8]) -> Result<Cursor<'_>, StatsError> {
-    let mut c = Cursor { rest: &body[PREFIX..] };
-    let _: StatsHeader = c.item("header")?;
-    Ok(c)
+    let (_, rest) = parse_header(body)?;
+    Ok(Cursor { rest })
 }
 
 /// Validates `bytes` completely, then replaces the head's statistics with

@@ -233,12 +233,12 @@ fn mismatches_are_named() {
     assert!(err.to_string().contains("0707"), "{err}");
     // Version 1 lacked the accumulator's precision, version 2 the class
     // spreads; a future version may change anything.
-    for version in [1u16, 2, 4] {
+    for version in [1u16, 2, 5] {
         let mut other = bytes.clone();
         other[4..6].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
             stats::load(&mut t, &other, &Expect::default()),
-            Err(StatsError::UnsupportedVersion { found: version, supported: 3 })
+            Err(StatsError::UnsupportedVersion { found: version, supported: 4 })
         );
     }
     assert!(matches!(
@@ -282,4 +282,42 @@ fn saving_or_loading_mid_learning_is_refused() {
     assert!(matches!(stats::to_vec(&h, &meta()), Err(stats::WriteError::Busy)));
     assert!(matches!(stats::load(&mut h, &bytes, &Expect::default()), Err(StatsError::Head(HeadError::Busy(_)))));
     assert_eq!(h.learning(), Some(("new", 0)));
+}
+
+#[test]
+fn the_threshold_travels_with_the_statistics_and_version_3_files_still_load_uncalibrated() {
+    let h = small_head(5, &[20, 15], 4, Transform::IDENTITY);
+    let t = 1234.5678f64;
+    let with = StatsMeta { novelty_threshold: t, ..meta() };
+    let bytes = stats::to_vec(&h, &with).unwrap();
+    assert_eq!(stats::read_header(&bytes).unwrap().novelty_threshold, t);
+    assert_eq!(stats::read_header(&stats::to_vec(&h, &meta()).unwrap()).unwrap().novelty_threshold, f64::INFINITY);
+
+    // The same file as the previous firmware wrote it: version 3, no
+    // threshold in the header.
+    let at = bytes.windows(8).position(|w| w == t.to_le_bytes()).expect("threshold bytes");
+    let mut v3 = [&bytes[..at], &bytes[at + 8..]].concat();
+    v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+    let len = v3.len() as u64;
+    v3[6..14].copy_from_slice(&len.to_le_bytes());
+    fix_crc(&mut v3);
+    let mut back = fresh(5, 4);
+    let header = stats::load(&mut back, &v3, &Expect { backbone_sha256: Some(SHA) }).unwrap();
+    assert_eq!((header.classes, header.novelty_threshold), (2, f64::INFINITY));
+    assert_eq!(back.mean(0), h.mean(0));
+
+    // Older and newer versions, and thresholds that are not scores, are refused.
+    for version in [2u16, 5] {
+        let mut b = bytes.clone();
+        b[4..6].copy_from_slice(&version.to_le_bytes());
+        fix_crc(&mut b);
+        assert!(matches!(stats::read_header(&b), Err(StatsError::UnsupportedVersion { .. })), "{version}");
+    }
+    for bad in [f64::NAN, -1.0] {
+        let mut b = bytes.clone();
+        b[at..at + 8].copy_from_slice(&bad.to_le_bytes());
+        fix_crc(&mut b);
+        let e = stats::read_header(&b).unwrap_err().to_string();
+        assert!(e.contains("novelty threshold"), "{bad}: {e}");
+    }
 }
