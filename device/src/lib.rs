@@ -17,6 +17,8 @@ pub mod backbone;
 #[cfg(feature = "std")]
 pub use gaussedge_bundle as bundle;
 #[cfg(feature = "std")]
+pub mod bundles;
+#[cfg(feature = "std")]
 pub mod channel_last;
 #[cfg(feature = "std")]
 pub mod cli;
@@ -24,6 +26,8 @@ pub mod cli;
 pub mod cpu;
 #[cfg(feature = "std")]
 pub mod depthwise;
+#[cfg(feature = "std")]
+pub mod flash;
 #[cfg(feature = "std")]
 mod flat;
 #[cfg(feature = "std")]

@@ -4,6 +4,8 @@
 
 use crate::backbone::Backbone;
 use crate::bundle::{self, Manifest};
+use crate::bundles::BundleStore;
+use crate::flash::DiskFlash;
 use crate::platform::{BackboneInfo, Fault, Platform, Slot};
 use gaussedge_data::{Dataset, DatasetKind, Split};
 use gaussedge_firmware::samples::SampleStore;
@@ -100,7 +102,7 @@ struct Active {
 pub struct SimPlatform {
     active: Active,
     factory: PathBuf,
-    state: PathBuf,
+    bundles: BundleStore<DiskFlash>,
     slot_files: [File; 2],
     /// What each slot file holds, read once and kept until the slot is
     /// written: a download reads the slot once per chunk, and re-reading a
@@ -131,14 +133,18 @@ impl From<BundleFile> for BundleFileKey {
 }
 
 fn load_active(dir: &Path) -> anyhow::Result<Active> {
-    let b = bundle::Bundle::read(dir)?;
+    active_from(&dir.display().to_string(), bundle::Bundle::read(dir)?)
+}
+
+/// Loads a bundle's backbone and checks it against its manifest: what the
+/// device does with a bundle before it boots it or points at it.
+fn active_from(origin: &str, b: bundle::Bundle) -> anyhow::Result<Active> {
     let p = b.manifest.preprocess;
     let backbone =
         Backbone::load(&b.onnx, 1, p.channels as usize, p.height as usize, p.width as usize, &b.manifest.layers)?;
     if backbone.dim() != b.manifest.feature_dim {
         anyhow::bail!(
-            "{}: backbone gives {} features, the manifest says {}",
-            dir.display(),
+            "{origin}: backbone gives {} features, the manifest says {}",
             backbone.dim(),
             b.manifest.feature_dim
         );
@@ -146,103 +152,25 @@ fn load_active(dir: &Path) -> anyhow::Result<Active> {
     let info = BackboneInfo { preprocess: p, dim: backbone.dim(), sha256: bundle::sha256(&b.onnx) };
     if b.stats.is_none() {
         eprintln!(
-            "warning: {} has no {}: the device boots with no base classes until statistics are pushed",
-            dir.display(),
+            "warning: {origin} has no {}: the device boots with no base classes until statistics are pushed",
             bundle::STATS
         );
     }
     Ok(Active { backbone, info, base_stats: b.stats.unwrap_or_default() })
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Flashed bundles live in `state/bundles/<n>`; the file `state/active`
-/// names the one to boot and the one before it (for rollback). Replacing
-/// that small file (write, sync, rename, sync the folder) is the one step
-/// that switches bundles, so a power cut at any moment of a flash boots
-/// either the old bundle or the new one. Two renames of folders, as before,
-/// left a moment with no `bundle` folder at all, which booted the factory
-/// bundle.
-const ACTIVE: &str = "active";
-const BUNDLES: &str = "bundles";
-
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Flashed {
-    current: Option<u64>,
-    previous: Option<u64>,
-}
-
-impl Flashed {
-    /// The pointer file, or none flashed when it is missing or unreadable
-    /// (it is only ever replaced whole, so a torn one cannot occur; a
-    /// damaged one boots the factory bundle rather than a guess).
-    fn read(state: &Path) -> Flashed {
-        let text = std::fs::read_to_string(state.join(ACTIVE)).unwrap_or_default();
-        let mut f = Flashed::default();
-        for line in text.lines() {
-            match line.split_once('=') {
-                Some(("current", v)) => f.current = v.parse().ok(),
-                Some(("previous", v)) => f.previous = v.parse().ok(),
-                _ => {}
-            }
-        }
-        f
-    }
-
-    fn write(&self, state: &Path) -> std::io::Result<()> {
-        let mut text = String::new();
-        for (key, v) in [("current", self.current), ("previous", self.previous)] {
-            if let Some(v) = v {
-                text += &format!("{key}={v}\n");
-            }
-        }
-        let tmp = state.join("active.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, state.join(ACTIVE))?;
-        sync_dir(state)
-    }
-
-    /// Removes flashed bundles the pointer no longer names (a flash cut
-    /// short leaves one behind).
-    fn sweep(&self, state: &Path) {
-        let Ok(dir) = std::fs::read_dir(state.join(BUNDLES)) else { return };
-        for entry in dir.flatten() {
-            let n = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
-            if n.is_none() || (n != self.current && n != self.previous) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-fn bundle_dir(state: &Path, n: u64) -> PathBuf {
-    state.join(BUNDLES).join(n.to_string())
-}
-
 impl SimPlatform {
     /// The bundle flashed last (named by `state/active`), or the factory one.
     pub fn open(opts: SimOptions) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&opts.state)?;
-        let flashed = Flashed::read(&opts.state);
-        flashed.sweep(&opts.state);
+        let mut bundles = BundleStore::new(DiskFlash::new(&opts.state)?);
         // The flashed bundle, else the one before it, else the factory one:
         // a device that cannot read its flashed bundle still boots.
-        let mut active = None;
-        for n in [flashed.current, flashed.previous].into_iter().flatten() {
-            match load_active(&bundle_dir(&opts.state, n)) {
-                Ok(a) => {
-                    active = Some(a);
-                    break;
-                }
-                Err(e) => eprintln!("warning: flashed bundle {n} does not load ({e:#}); trying the one before it"),
-            }
+        let (flashed, passed) = bundles.boot(|b| active_from("flashed bundle", b).map_err(|e| format!("{e:#}")));
+        for why in passed {
+            eprintln!("warning: {why}; trying the one before it");
         }
-        let active = match active {
-            Some(a) => a,
+        let active = match flashed {
+            Some((_, a)) => a,
             None => load_active(&opts.bundle)?,
         };
         let open = |name: &str| {
@@ -253,7 +181,7 @@ impl SimPlatform {
             factory: opts.bundle,
             slot_files: [open("slot-a.bin")?, open("slot-b.bin")?],
             slot_cache: [None, None],
-            state: opts.state,
+            bundles,
             upload: None,
             staged: HashMap::new(),
             camera: opts.camera,
@@ -371,27 +299,12 @@ impl Platform for SimPlatform {
 
     fn bundle_activate(&mut self) -> Result<BackboneInfo, Fault> {
         self.staged_info()?;
-        let was = Flashed::read(&self.state);
-        let n = was.current.max(was.previous).map_or(1, |n| n + 1);
-        let next = bundle_dir(&self.state, n);
-        let _ = std::fs::remove_dir_all(&next);
-        std::fs::create_dir_all(&next).map_err(storage)?;
-        for (key, name) in [
-            (BundleFileKey::Backbone, bundle::BACKBONE),
-            (BundleFileKey::Manifest, bundle::MANIFEST),
-            (BundleFileKey::Stats, bundle::STATS),
-        ] {
-            let mut f = File::create(next.join(name)).map_err(storage)?;
-            f.write_all(&self.staged[&key]).map_err(storage)?;
-            f.sync_all().map_err(storage)?;
-        }
-        sync_dir(&next).map_err(storage)?;
-        sync_dir(&self.state.join(BUNDLES)).map_err(storage)?;
-        // Check the new bundle loads before it replaces anything.
-        let active = load_active(&next).map_err(storage)?;
-        let now = Flashed { current: Some(n), previous: was.current };
-        now.write(&self.state).map_err(storage)?;
-        now.sweep(&self.state);
+        let file = |key| self.staged[&key].as_slice();
+        let files = [file(BundleFileKey::Backbone), file(BundleFileKey::Manifest), file(BundleFileKey::Stats)];
+        let (_, active) = self
+            .bundles
+            .write(files, |b| active_from("the new bundle", b).map_err(|e| format!("{e:#}")))
+            .map_err(storage)?;
         let info = active.info;
         self.active = active;
         self.staged.clear();
@@ -399,12 +312,14 @@ impl Platform for SimPlatform {
     }
 
     fn bundle_rollback(&mut self) -> Result<BackboneInfo, Fault> {
-        let was = Flashed::read(&self.state);
-        let now = Flashed { current: was.previous, previous: None };
-        now.write(&self.state).map_err(storage)?;
-        now.sweep(&self.state);
-        match now.current {
-            Some(n) => self.swap_in(&bundle_dir(&self.state, n)),
+        match self.bundles.rollback().map_err(storage)? {
+            Some(n) => {
+                let b = self.bundles.read(n).map_err(storage)?;
+                let active = active_from("flashed bundle", b).map_err(storage)?;
+                let info = active.info;
+                self.active = active;
+                Ok(info)
+            }
             None => self.swap_in(&self.factory.clone()),
         }
     }
