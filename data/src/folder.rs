@@ -13,18 +13,10 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-/// Decodes an image file into a grey or RGB sample.
+/// Decodes an image file (EXIF orientation applied) into a grey or RGB
+/// sample at its own size.
 pub fn read_image(path: &Path, label: u16) -> Result<Sample, DataError> {
-    let img = image::open(path).map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;
-    let (w, h) = (img.width(), img.height());
-    if w == 0 || h == 0 || w > u16::MAX as u32 || h > u16::MAX as u32 {
-        return Err(DataError::format(path, format!("image size {w}x{h}")));
-    }
-    let (pixels, channels) = match img.color().channel_count() {
-        1 | 2 => (img.into_luma8().into_raw(), 1),
-        _ => (img.into_rgb8().into_raw(), 3),
-    };
-    Ok(Sample { label, format: FrameFormat { width: w as u16, height: h as u16, channels }, pixels })
+    crate::photo::to_sample(crate::photo::decode(path)?, label, path)
 }
 
 pub fn load_folder(dir: &Path) -> Result<Dataset, DataError> {

@@ -6,6 +6,7 @@
 mod cifar;
 mod folder;
 mod idx;
+pub mod photo;
 
 pub use cifar::{load_cifar10, CIFAR10_CLASSES};
 pub use folder::{load_folder, read_image, write_png};

@@ -9,13 +9,22 @@
 
 use std::sync::Mutex;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
     #[error("cannot load the backbone ONNX: {0}")]
     Load(String),
-    #[error("backbone output `{name}` has shape {shape:?}, expected [batch, D]")]
-    OutputShape { name: String, shape: Vec<usize> },
+    #[error(
+        "backbone output `{name}` has shape {shape:?} for input {input:?}; the head needs [batch, D] or a pooled \
+         [batch, C, 1, 1] (pool and flatten it in the graph, e.g. GlobalAveragePool then Flatten)"
+    )]
+    OutputShape { name: String, shape: Vec<String>, input: [usize; 4] },
+    #[error("backbone output `{name}` holds {datum} values; features must be 32-bit floats")]
+    OutputType { name: String, datum: String },
+    #[error("the backbone's input is declared {declared:?}; it cannot run on {asked:?}")]
+    InputShape { declared: Vec<String>, asked: [usize; 4] },
     #[error("the backbone has no output `{0}` (the manifest's layers name outputs of backbone.onnx)")]
     MissingOutput(String),
     #[error("no feature layers named")]
@@ -24,6 +33,24 @@ pub enum BackboneError {
     InputLength { batch: usize, expected: usize, got: usize },
     #[error("running the backbone: {0}")]
     Run(String),
+}
+
+/// Whether the project's graph rewrites run when a backbone loads. They
+/// rewrite the patterns they know (EfficientNet's convolutions, its
+/// squeeze-excitation) and leave any other graph as tract made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrites {
+    Project,
+    Plain,
+}
+
+/// The batch a graph's input declares, when it fixes one (an export for
+/// one image at a time); `None` when the batch is free or unknown.
+pub fn declared_batch(onnx: &[u8]) -> Option<usize> {
+    let model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).ok()?;
+    let fact = model.input_fact(0).ok()?;
+    let batch = fact.shape.dims().next()?.concretize()?.to_usize().ok();
+    batch
 }
 
 /// A loaded, optimised backbone for batches of exactly `batch` images.
@@ -49,17 +76,44 @@ impl Backbone {
         width: usize,
         layers: &[S],
     ) -> Result<Self, BackboneError> {
+        Self::load_with(onnx, batch, channels, height, width, layers, Rewrites::Project)
+    }
+
+    /// [`load`](Self::load), choosing whether the project's graph rewrites
+    /// run ([`Rewrites::Plain`] is tract's own optimisation, the reference
+    /// the rewrites are held to).
+    pub fn load_with<S: AsRef<str>>(
+        onnx: &[u8],
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        layers: &[S],
+        rewrites: Rewrites,
+    ) -> Result<Self, BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         let input_shape = [batch, channels, height, width];
-        let model = Self::optimized(onnx, input_shape, layers)?;
+        let model = Self::optimized_with(onnx, input_shape, layers, rewrites)?;
         let mut dims = vec![];
         for (i, name) in layers.iter().enumerate() {
             let fact = model.output_fact(i).map_err(load)?;
-            let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
-            if shape.len() != 2 || shape[0] != batch || shape[1] == 0 {
-                return Err(BackboneError::OutputShape { name: name.as_ref().to_string(), shape });
+            let name = name.as_ref().to_string();
+            if fact.datum_type != f32::datum_type() {
+                return Err(BackboneError::OutputType { name, datum: format!("{:?}", fact.datum_type) });
             }
-            dims.push(shape[1]);
+            let concrete: Option<Vec<usize>> = fact.shape.as_concrete().map(|s| s.to_vec());
+            // [batch, D], or [batch, C, 1, 1] (the same bytes: a pooled map
+            // before its flatten, as torchvision's avgpool leaves it).
+            let d = match concrete.as_deref() {
+                Some([b, d]) if *b == batch && *d > 0 => Some(*d),
+                Some([b, c, 1, 1]) if *b == batch && *c > 0 => Some(*c),
+                _ => None,
+            };
+            let Some(d) = d else {
+                let shape = fact.shape.iter().map(|d| d.to_string()).collect();
+                return Err(BackboneError::OutputShape { name, shape, input: input_shape });
+            };
+            dims.push(d);
         }
         let plan = model.into_runnable().map_err(load)?;
         let state = Mutex::new(plan.spawn().map_err(load)?);
@@ -73,15 +127,31 @@ impl Backbone {
         input_shape: [usize; 4],
         layers: &[S],
     ) -> Result<TypedModel, BackboneError> {
+        Self::optimized_with(onnx, input_shape, layers, Rewrites::Project)
+    }
+
+    fn optimized_with<S: AsRef<str>>(
+        onnx: &[u8],
+        input_shape: [usize; 4],
+        layers: &[S],
+        rewrites: Rewrites,
+    ) -> Result<TypedModel, BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         if layers.is_empty() {
             return Err(BackboneError::NoLayers);
         }
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &onnx[..])
-            .map_err(load)?
-            .with_input_fact(0, f32::fact(input_shape).into())
-            .map_err(load)?;
+        let model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).map_err(load)?;
+        let declared = model.input_fact(0).map_err(load)?.shape.clone();
+        let fixed: Vec<Option<usize>> =
+            declared.dims().map(|d| d.concretize().and_then(|d| d.to_usize().ok())).collect();
+        let fits = !declared.is_open()
+            && fixed.len() == 4
+            && fixed.iter().zip(input_shape).all(|(d, a)| d.is_none_or(|d| d == a));
+        if !(fits || declared.is_open() && fixed.is_empty()) {
+            let declared = declared.dims().map(|d| d.concretize().map_or("?".to_string(), |d| d.to_string())).collect();
+            return Err(BackboneError::InputShape { declared, asked: input_shape });
+        }
+        let mut model = model.with_input_fact(0, f32::fact(input_shape).into()).map_err(load)?;
         let mut outlets = vec![];
         for name in layers {
             let name = name.as_ref();
@@ -104,7 +174,7 @@ impl Backbone {
         // `GAUSSEDGE_TRACT_DEPTHWISE`, `GAUSSEDGE_TRACT_MATVEC` (the
         // squeeze-excitation) and `GAUSSEDGE_TRACT_DENSE` (the stem and the
         // 1x1 convolutions).
-        let channel_last = std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
+        let channel_last = rewrites == Rewrites::Project && std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
         if channel_last {
             let dense = crate::pointwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DENSE").is_none();
             let matvec = std::env::var_os("GAUSSEDGE_TRACT_MATVEC").is_none();

@@ -28,6 +28,8 @@ enum Command {
     Export(ExportArgs),
     /// (Re)fit a bundle's base-class statistics with its backbone (tract).
     Fit(FitArgs),
+    /// Make a bundle from any ONNX feature extractor (trained elsewhere).
+    Bundle(BundleArgs),
     /// Compare tch and tract features for a bundle's checkpoint.
     #[cfg(feature = "train")]
     Parity(ParityArgs),
@@ -97,6 +99,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or set the novelty score above which a device answers "unknown".
+    Threshold(ThresholdArgs),
     /// Remove a class from a device.
     Forget {
         #[command(flatten)]
@@ -338,6 +342,79 @@ struct FitArgs {
     /// Head capacity to record.
     #[arg(long, default_value_t = 64)]
     capacity: usize,
+    /// Share of held-out base-class images the "unknown" threshold keeps.
+    #[arg(long, default_value_t = crate::calibrate::DEFAULT_TPR)]
+    tpr: f64,
+    /// Hold out this share of the base classes' training images (seed 0)
+    /// instead of the backbone's own validation split.
+    #[arg(long)]
+    held_out: Option<f64>,
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    /// The feature extractor: an ONNX graph taking one NCHW float image.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Graph outputs whose concatenation is the feature vector, each
+    /// [batch, D] or pooled [batch, C, 1, 1].
+    #[arg(long, value_delimiter = ',', required = true)]
+    outputs: Vec<String>,
+    /// Input size, WIDTHxHEIGHT.
+    #[arg(long)]
+    size: String,
+    /// Input channels (1: grey, 3: RGB).
+    #[arg(long, default_value_t = 3)]
+    channels: u8,
+    /// Channel means on the 0..1 scale, one or three values (default:
+    /// measured on the base classes' training images). Give the network's
+    /// own, e.g. ImageNet's 0.485,0.456,0.406.
+    #[arg(long, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Channel standard deviations, as --mean (e.g. 0.229,0.224,0.225).
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Base classes: the ones the statistics start with.
+    #[arg(long)]
+    base: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the network came from, for the model card.
+    #[arg(long)]
+    source: Option<String>,
+    /// Share of held-out base-class images the "unknown" threshold keeps.
+    #[arg(long, default_value_t = crate::calibrate::DEFAULT_TPR)]
+    tpr: f64,
+    /// Share of the base classes' training images held out to calibrate it.
+    #[arg(long, default_value_t = DEFAULT_HELD_OUT)]
+    held_out: f64,
+    #[arg(long, default_value_t = 64)]
+    capacity: usize,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["tpr", "value", "show", "never"])))]
+struct ThresholdArgs {
+    #[command(flatten)]
+    port: PortArgs,
+    /// The threshold that keeps this share of held-out base-class images,
+    /// from the bundle's calibration (needs --bundle).
+    #[arg(long)]
+    tpr: Option<f64>,
+    /// This novelty score.
+    #[arg(long, allow_negative_numbers = true)]
+    value: Option<f64>,
+    /// Never answer "unknown".
+    #[arg(long)]
+    never: bool,
+    /// Print the device's threshold (and, with --bundle, the rate it keeps).
+    #[arg(long)]
+    show: bool,
+    /// The bundle the device runs: its calibration maps rates to thresholds.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
 }
 
 #[cfg(feature = "train")]
@@ -473,6 +550,7 @@ pub fn main() -> Result<()> {
         Command::Train(a) => train(a),
         Command::Export(a) => export(a),
         Command::Fit(a) => fit_cmd(a),
+        Command::Bundle(a) => bundle_cmd(a),
         #[cfg(feature = "train")]
         Command::Parity(a) => parity(a),
         Command::Stats { file } => stats_info(&file),
@@ -538,6 +616,7 @@ pub fn main() -> Result<()> {
             Ok(())
         }
         Command::Learn(a) => learn(a),
+        Command::Threshold(a) => threshold(a),
         Command::Predict { port, images, json } => predict(&port, &images, json),
         Command::Forget { port, label } => {
             port.connect()?.forget(gaussedge_shared::label(&label).context("label must be 1 to 32 bytes")?)?;
@@ -556,34 +635,28 @@ pub fn main() -> Result<()> {
     }
 }
 
-/// Fits a head on the base classes' training images; returns the head and
-/// the base features.
-fn fit_base(
-    extractor: &Extractor,
-    kind: DatasetKind,
-    dir: &Path,
-    classes: &[u16],
-    head: &HeadDefaults,
-    capacity: usize,
-    limit: Option<usize>,
-) -> Result<gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>> {
-    let train = data::load(kind, dir, Split::Train)?;
-    let mut base = train.filter(classes);
-    #[cfg(feature = "train")]
-    if let Some(l) = limit {
-        base = crate::train::limit_per_class(&base, l);
+/// The held-out images a bundle's threshold is calibrated on: those its
+/// calibration names, else the validation split of the recipe that trained
+/// its backbone, else `fraction` of the base classes with seed 0.
+fn held_out_of(m: &Manifest, fraction: Option<f64>) -> bundle::HeldOut {
+    if let Some(f) = fraction {
+        return bundle::HeldOut { seed: 0, fraction: f, limit_per_class: None };
     }
-    #[cfg(not(feature = "train"))]
-    let _ = limit;
-    let idx: Vec<usize> = (0..base.len()).collect();
-    let bar = fit::bar(true, idx.len() as u64, "fit features");
-    let features = extractor.extract(&base, &idx, &bar)?;
-    bar.finish_and_clear();
-    let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
-    fit::fit_head(extractor.dim(), capacity, head, &features, &labels, classes, |c| {
-        class_label(&train.class_names[c as usize], c)
-    })
+    if let Some(c) = &m.calibration {
+        return c.held_out;
+    }
+    let recipe = &m.extra["recipe"];
+    match (recipe["seed"].as_u64(), recipe["val_fraction"].as_f64()) {
+        (Some(seed), Some(fraction)) => {
+            bundle::HeldOut { seed, fraction, limit_per_class: m.extra["limit_per_class"].as_u64().map(|l| l as usize) }
+        }
+        _ => bundle::HeldOut { seed: 0, fraction: DEFAULT_HELD_OUT, limit_per_class: None },
+    }
 }
+
+/// Share of the base classes' training images held out for calibration
+/// when a backbone's own validation split is not known.
+const DEFAULT_HELD_OUT: f64 = 0.1;
 
 /// Gaussian-head accuracy over the test split (all classes).
 fn head_test_accuracy(
@@ -683,7 +756,25 @@ fn train(a: TrainArgs) -> Result<()> {
     let layers = fit::block_layers(trained.arch.blocks.len());
     let extractor = Extractor::new(&onnx, pre, &layers, 32)?;
     let head_defaults = fit::recommended_head();
-    let mut head = fit_base(&extractor, a.data.dataset, &dir, &classes, &head_defaults, 64, a.limit_per_class)?;
+    let held = bundle::HeldOut {
+        seed: trained.state.recipe.seed,
+        fraction: trained.state.recipe.val_fraction,
+        limit_per_class: a.limit_per_class,
+    };
+    let train_split = data::load(a.data.dataset, &dir, Split::Train)?;
+    let fitted = fit::fit_base(
+        &extractor,
+        a.data.dataset,
+        &train_split,
+        &classes,
+        &head_defaults,
+        64,
+        held,
+        crate::calibrate::DEFAULT_TPR,
+        true,
+    )?;
+    drop(train_split);
+    let mut head = fitted.head;
     let names = test.class_names.clone();
     let lookup = |l: &str| {
         names.iter().enumerate().find(|(c, n)| class_label(n, *c as u16).as_str() == l).map(|(c, _)| c as u16)
@@ -708,8 +799,10 @@ fn train(a: TrainArgs) -> Result<()> {
         layers,
         backbone_sha256: hex(&extractor.sha256),
         head: head_defaults,
+        calibration: Some(fitted.calibration),
         extra: serde_json::json!({
             "recipe": trained.state.recipe,
+            "limit_per_class": a.limit_per_class,
             "checkpoint": crate::util::portable_path(&checkpoint_dir),
             "metrics": metrics,
             "command": crate::util::portable_command(),
@@ -720,6 +813,42 @@ fn train(a: TrainArgs) -> Result<()> {
     write_model_card(&a.out, &manifest)?;
     println!("bundle written to {}", a.out.display());
     Ok(())
+}
+
+const CALIBRATION_HEADING: &str = "\n## \"Unknown\" threshold\n";
+
+/// The model card's section on the threshold (`train` writes it, `fit`
+/// replaces it).
+fn calibration_section(c: &bundle::Calibration) -> String {
+    format!(
+        "{CALIBRATION_HEADING}\nA prediction whose novelty score is above {:.3} is answered \"unknown\": that keeps \
+         {:.1}% of {} held-out training images of the base classes (seed {}, {:.0}% of each class, never seen by the \
+         backbone's training when it was trained by gaussedge, left out of the statistics fit). Change it with \
+         `gaussedge threshold`.\n",
+        c.threshold,
+        100.0 * c.target_tpr,
+        c.samples,
+        c.held_out.seed,
+        100.0 * c.held_out.fraction
+    )
+}
+
+/// Replaces (or adds) the threshold section of an existing model card.
+fn update_model_card(dir: &Path, c: &bundle::Calibration) -> Result<()> {
+    let path = dir.join("MODEL_CARD.md");
+    let Ok(card) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let (head, rest) = match card.find(CALIBRATION_HEADING) {
+        Some(i) => {
+            let after = &card[i + CALIBRATION_HEADING.len()..];
+            (&card[..i], after.find("\n## ").map_or("", |j| &after[j..]))
+        }
+        None => (card.as_str(), ""),
+    };
+    let mut out = head.trim_end().to_string();
+    out.push('\n');
+    out += &calibration_section(c);
+    out += rest;
+    write_atomic(&path, out.as_bytes())
 }
 
 fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
@@ -753,6 +882,9 @@ fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
         fcb = metrics["fc_base_test_accuracy"],
         g = metrics["gaussian_base_only_test_accuracy"],
     );
+    if let Some(c) = &m.calibration {
+        card += &calibration_section(c);
+    }
     card += "\nPer-epoch history is in `metrics.json`. Accuracy while classes are added on the device: \
               `gaussedge eval --bundle <this folder>` and bench/accuracy.md.\n";
     write_atomic(&dir.join("MODEL_CARD.md"), card.as_bytes())
@@ -778,6 +910,103 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// `WIDTHxHEIGHT`.
+fn parse_size(s: &str) -> Result<(u16, u16)> {
+    let (w, h) = s.split_once('x').with_context(|| format!("--size {s:?}: expected WIDTHxHEIGHT"))?;
+    let side = |v: &str| v.trim().parse::<u16>().ok().filter(|&v| (1..=bundle::MAX_SIDE).contains(&v));
+    match (side(w), side(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => bail!("--size {s:?}: sides of 1 to {} pixels", bundle::MAX_SIDE),
+    }
+}
+
+/// One value for every channel, or one per channel.
+fn per_channel(v: &[f32], what: &str) -> Result<[f32; 3]> {
+    match v {
+        [a] => Ok([*a; 3]),
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => bail!("--{what} takes one or three values, not {}", v.len()),
+    }
+}
+
+fn bundle_cmd(a: BundleArgs) -> Result<()> {
+    let onnx = std::fs::read(&a.onnx).with_context(|| format!("reading {}", a.onnx.display()))?;
+    let (width, height) = parse_size(&a.size)?;
+    anyhow::ensure!(a.channels == 1 || a.channels == 3, "--channels 1 (grey) or 3 (RGB), not {}", a.channels);
+    let kind = a.data.dataset;
+    let dir = a.data.dir()?;
+    let classes = parse_classes(&a.base).map_err(anyhow::Error::msg)?;
+    let train = data::load(kind, &dir, Split::Train)?;
+    let (mean, std) = match (&a.mean, &a.std) {
+        (Some(m), Some(s)) => (per_channel(m, "mean")?, per_channel(s, "std")?),
+        (None, None) => {
+            let base = train.filter(&classes);
+            let n = crate::prep::Normalization::of(&base, &(0..base.len()).collect::<Vec<_>>());
+            (n.mean, n.std)
+        }
+        _ => bail!("give both --mean and --std, or neither (then both are measured on the base classes)"),
+    };
+    let pre = gaussedge_shared::stats::Preprocess { width, height, channels: a.channels, mean, std };
+    pre.check().map_err(anyhow::Error::msg)?;
+    let extractor = Extractor::new(&onnx, pre, &a.outputs, 32)
+        .with_context(|| format!("{} cannot serve as a gaussedge backbone", a.onnx.display()))?;
+    let head = fit::recommended_head();
+    let held = bundle::HeldOut { seed: 0, fraction: a.held_out, limit_per_class: None };
+    let fitted = fit::fit_base(&extractor, kind, &train, &classes, &head, a.capacity, held, a.tpr, true)?;
+    let source = a.source.clone().unwrap_or_else(|| format!("an ONNX file, {}", a.onnx.display()));
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        dataset: kind.name().into(),
+        labels: train.class_names.clone(),
+        base_classes: classes.clone(),
+        preprocess: pre,
+        feature_dim: extractor.dim(),
+        layers: a.outputs.clone(),
+        backbone_sha256: hex(&extractor.sha256),
+        head,
+        calibration: Some(fitted.calibration.clone()),
+        extra: serde_json::json!({
+            "source": source,
+            "onnx": crate::util::portable_path(&a.onnx),
+            "command": crate::util::portable_command(),
+        }),
+    };
+    manifest.check()?;
+    write_bundle(&a.out, &onnx, &fitted.head, &manifest)?;
+    let c = &fitted.calibration;
+    let card = format!(
+        "# {name}\n\nA gaussedge bundle around a feature extractor that gaussedge did not train: {source}.\n\n\
+         * command: `{command}`\n* input: {w}x{h}, {ch} channels, mean {mean:?}, std {std:?}\n\
+         * feature dim: {d}, the concatenation of the outputs {layers}\n* backbone.onnx SHA-256: `{sha}`\n\
+         * base classes: {classes:?} of {dataset}, statistics fitted through tract\n* head: {head:?}\n{cal}\n\
+         ## Intended use\n\nThe network's features are what they are: gaussedge adds classes on top of them \
+         without training. Check `gaussedge eval --bundle <this folder>` on data like yours.\n",
+        name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        command = manifest.extra["command"].as_str().unwrap_or(""),
+        w = width,
+        h = height,
+        ch = a.channels,
+        d = manifest.feature_dim,
+        layers = a.outputs.join(", "),
+        sha = manifest.backbone_sha256,
+        dataset = kind.name(),
+        head = manifest.head,
+        cal = calibration_section(c),
+    );
+    write_atomic(&a.out.join("MODEL_CARD.md"), card.as_bytes())?;
+    println!(
+        "bundle written to {}: {} features from {}, {} base classes; \"unknown\" above novelty {:.3} (keeps {:.1}% of {} held-out images)",
+        a.out.display(),
+        manifest.feature_dim,
+        a.outputs.join(" + "),
+        classes.len(),
+        c.threshold,
+        100.0 * c.target_tpr,
+        c.samples
+    );
+    Ok(())
+}
+
 fn fit_cmd(a: FitArgs) -> Result<()> {
     let (b, extractor) = fit::extractor_with(&a.bundle, a.head.layers(), 32)?;
     let mut manifest = b.manifest.clone();
@@ -791,10 +1020,22 @@ fn fit_cmd(a: FitArgs) -> Result<()> {
         None => manifest.base_classes.clone(),
     };
     manifest.head = a.head.apply(manifest.head);
-    let head = fit_base(&extractor, kind, &dir, &classes, &manifest.head, a.capacity, None)?;
+    let held = held_out_of(&manifest, a.held_out);
+    let train = data::load(kind, &dir, Split::Train)?;
+    let fitted = fit::fit_base(&extractor, kind, &train, &classes, &manifest.head, a.capacity, held, a.tpr, true)?;
     manifest.base_classes = classes;
-    write_bundle(&a.bundle, &b.onnx, &head, &manifest)?;
-    println!("fitted {} classes into {}", head.class_count(), a.bundle.join(bundle::STATS).display());
+    let c = &fitted.calibration;
+    println!(
+        "fitted {} classes into {}; \"unknown\" above novelty {:.2} (keeps {:.1}% of {} held-out images)",
+        fitted.head.class_count(),
+        a.bundle.join(bundle::STATS).display(),
+        c.threshold,
+        100.0 * c.target_tpr,
+        c.samples
+    );
+    update_model_card(&a.bundle, &fitted.calibration)?;
+    manifest.calibration = Some(fitted.calibration);
+    write_bundle(&a.bundle, &b.onnx, &fitted.head, &manifest)?;
     Ok(())
 }
 
@@ -853,20 +1094,69 @@ fn label_arg(s: &str) -> Result<gaussedge_shared::Label> {
     gaussedge_shared::label(s).context("label must be 1 to 32 bytes")
 }
 
+/// The frame a device whose backbone takes `info`'s input should get for
+/// each photo: decoded, turned upright, and fitted by
+/// [`data::photo::fit_frame`]. Every file is read before anything is sent,
+/// and every one that cannot be is named, so a bad file fails the command
+/// with the device untouched rather than after half a folder.
+fn photos_for(info: &gaussedge_shared::wire::DeviceInfo, files: &[PathBuf]) -> Result<Vec<data::Sample>> {
+    let input = crate::prep::input_format(&info.preprocess);
+    anyhow::ensure!(
+        input.width <= info.max_frame.width && input.height <= info.max_frame.height,
+        "the device's input {}x{} is larger than its largest frame {}x{}",
+        input.width,
+        input.height,
+        info.max_frame.width,
+        info.max_frame.height
+    );
+    let bar = fit::bar(files.len() > 20, files.len() as u64, "reading images");
+    let (mut ok, mut bad) = (vec![], vec![]);
+    for f in files {
+        match data::photo::read_photo(f, 0, input) {
+            Ok(s) => ok.push(s),
+            Err(e) => bad.push(e.to_string()),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !bad.is_empty() {
+        bail!("{} of {} images cannot be read; nothing was sent:\n  {}", bad.len(), files.len(), bad.join("\n  "));
+    }
+    Ok(ok)
+}
+
+/// The files of `dir` to learn from: every regular file not hidden, sorted.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "{} holds no images", dir.display());
+    Ok(files)
+}
+
 fn learn(a: LearnArgs) -> Result<()> {
     let mut c = a.port.connect()?;
-    c.begin_class(label_arg(&a.label)?, a.extend)?;
+    let label = label_arg(&a.label)?;
+    let photos = match (&a.from, a.capture) {
+        (Some(dir), None) => {
+            let info = c.hello()?;
+            photos_for(&info, &image_files(dir)?)?
+        }
+        (None, Some(_)) => vec![],
+        _ => bail!("--from DIR or --capture N"),
+    };
+    c.begin_class(label, a.extend)?;
     let result = (|| -> Result<u64> {
         if let Some(n) = a.capture {
             return Ok(c.capture(n, a.source_class)?);
         }
-        let dir = a.from.as_ref().context("--from DIR or --capture N")?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        files.sort();
-        let bar = fit::bar(true, files.len() as u64, "learning");
+        let bar = fit::bar(true, photos.len() as u64, "learning");
         let mut staged = 0;
-        for f in files.iter().filter(|p| p.is_file()) {
-            let s = data::read_image(f, 0)?;
+        for s in &photos {
             staged = c.learn(s.format, &s.pixels)?;
             bar.inc(1);
         }
@@ -888,26 +1178,81 @@ fn learn(a: LearnArgs) -> Result<()> {
 
 fn predict(port: &PortArgs, images: &[PathBuf], json: bool) -> Result<()> {
     let mut c = port.connect()?;
+    let info = c.hello()?;
+    let photos = photos_for(&info, images)?;
     let mut out = vec![];
-    for f in images {
-        let s = data::read_image(f, 0)?;
+    for (f, s) in images.iter().zip(&photos) {
         let p = c.predict(s.format, &s.pixels)?;
         if json {
-            out.push(serde_json::json!({"image": f, "label": p.label.as_str(), "score": p.score, "novelty": p.novelty, "novel": p.novel}));
+            out.push(serde_json::json!({
+                "image": f,
+                "answer": if p.novel { "unknown" } else { p.label.as_str() },
+                "label": p.label.as_str(),
+                "score": p.score,
+                "novelty": p.novelty,
+                "novel": p.novel,
+            }));
+        } else if p.novel {
+            println!("{}: unknown (nearest: {}, novelty {:.1})", f.display(), p.label, p.novelty);
         } else {
-            println!(
-                "{}: {} (score {:.3}, novelty {:.1}{})",
-                f.display(),
-                p.label,
-                p.score,
-                p.novelty,
-                if p.novel { ", NOVEL" } else { "" }
-            );
+            println!("{}: {} (score {:.3}, novelty {:.1})", f.display(), p.label, p.score, p.novelty);
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
+    Ok(())
+}
+
+fn threshold(a: ThresholdArgs) -> Result<()> {
+    let mut c = a.port.connect()?;
+    let info = c.hello()?;
+    let calibration = match &a.bundle {
+        Some(dir) => {
+            let m = Manifest::read(dir)?;
+            anyhow::ensure!(
+                m.sha256_bytes() == Some(info.backbone_sha256),
+                "{} is not the bundle this device runs (backbone {} here, {} on the device)",
+                dir.display(),
+                m.backbone_sha256,
+                hex(&info.backbone_sha256)
+            );
+            Some(m.calibration.with_context(|| format!("{} has no calibration; run `gaussedge fit`", dir.display()))?)
+        }
+        None => None,
+    };
+    let rate_of = |t: f64| {
+        calibration.as_ref().and_then(|c| {
+            c.quantiles
+                .iter()
+                .rev()
+                .find(|q| q[1] <= t)
+                .map(|q| format!(" (keeps at least {:.1}% of held-out base-class images)", 100.0 * q[0]))
+        })
+    };
+    let t = if a.show {
+        let t = info.novelty_threshold;
+        println!("\"unknown\" above novelty {t}{}", rate_of(t).unwrap_or_default());
+        return Ok(());
+    } else if a.never {
+        f64::INFINITY
+    } else if let Some(v) = a.value {
+        anyhow::ensure!(v >= 0.0, "a threshold is a novelty score: >= 0, not {v}");
+        v
+    } else {
+        let tpr = a.tpr.context("--tpr, --value, --never or --show")?;
+        let c = calibration.as_ref().context("--tpr needs --bundle DIR (the calibration it reads rates from)")?;
+        c.threshold_for(tpr).with_context(|| {
+            format!(
+                "rate {tpr} is outside the calibrated range {}..{}",
+                c.quantiles.first().map_or(0.0, |q| q[0]),
+                c.quantiles.last().map_or(0.0, |q| q[0])
+            )
+        })?
+    };
+    c.set_novelty_threshold(t)?;
+    let now = c.hello()?.novelty_threshold;
+    println!("\"unknown\" above novelty {now}{}", rate_of(now).unwrap_or_default());
     Ok(())
 }
 
@@ -996,6 +1341,15 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         "final 10-class accuracy {final_accuracy:.4}; novelty AUROC {:.4}, TNR at 95% TPR {:.4}",
         novelty.auroc, novelty.tnr_at_95_tpr
     );
+    if let Some(o) = last.last().and_then(|s| s.open_set) {
+        println!(
+            "final open-set accuracy {:.4} at threshold {:.3}: base-class images kept {:.4}, learned-class images kept {}",
+            o.accuracy,
+            o.threshold,
+            o.old_kept,
+            o.new_kept.map_or("-".into(), |k| format!("{k:.4}"))
+        );
+    }
     let report = serde_json::json!({
         "bundle": a.bundle,
         "dataset": a.data.dataset.name(),
@@ -1018,6 +1372,9 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             .map(|i| stages.iter().map(|s| s[i].accuracy).sum::<f64>() / stages.len() as f64)
             .collect::<Vec<_>>(),
         "novelty": novelty,
+        "final_open_set": last.last().and_then(|s| s.open_set),
+        "final_open_set_accuracies": stages.iter().filter_map(|s| s.last().and_then(|x| x.open_set).map(|o| o.accuracy)).collect::<Vec<_>>(),
+        "final_new_kept": stages.iter().filter_map(|s| s.last().and_then(|x| x.open_set).and_then(|o| o.new_kept)).collect::<Vec<_>>(),
     });
     if let Some(p) = &a.json {
         if let Some(dir) = p.parent() {
@@ -1029,8 +1386,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let series = vec![("gaussedge".to_string(), last.iter().map(|s| s.accuracy).collect())];
-        eval::plot(p, &format!("{}: classes added one at a time", a.data.dataset.name()), &series)?;
+        eval::plot(p, &format!("{}: classes added one at a time", a.data.dataset.name()), &eval::curves(last))?;
     }
     Ok(())
 }

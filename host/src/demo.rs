@@ -11,7 +11,7 @@ use crate::client::Client;
 use crate::eval::{self, Labels, Novelty, Setup, Stage};
 use crate::fit;
 use crate::rng::Rng;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use gaussedge_data::DatasetKind;
 use gaussedge_device::bundle::HeadDefaults;
 use gaussedge_shared::head::{GaussianHead, OwnedStorage};
@@ -88,8 +88,11 @@ impl Simulator {
 }
 
 /// Loads statistics bytes into a head big enough for `capacity` classes.
-fn head_from(bytes: &[u8], capacity: usize) -> Result<GaussianHead<OwnedStorage>> {
-    Ok(GaussianHead::from_stats(bytes, capacity, &stats::Expect::default())?.0)
+/// A head from statistics pulled off the device, and the device's
+/// "unknown" threshold, which travels with them.
+fn head_from(bytes: &[u8], capacity: usize) -> Result<(GaussianHead<OwnedStorage>, f64)> {
+    let (head, header) = GaussianHead::from_stats(bytes, capacity, &stats::Expect::default())?;
+    Ok((head, header.novelty_threshold))
 }
 
 /// How new classes reach the device.
@@ -137,15 +140,24 @@ pub fn run_device(
     predict_on_device: bool,
 ) -> Result<DeviceRun> {
     let capacity = base.len() + add.len();
-    let base_head = setup.base_head(head, base, capacity, true)?;
-    let meta =
-        StatsMeta { backbone_sha256: setup.extractor.sha256, preprocess: setup.extractor.pre, ..Default::default() };
+    let (base_head, threshold) = setup.base_head(head, base, capacity, true)?;
+    let meta = StatsMeta {
+        backbone_sha256: setup.extractor.sha256,
+        preprocess: setup.extractor.pre,
+        novelty_threshold: threshold,
+        ..Default::default()
+    };
     let bytes = stats::to_vec(&base_head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
     client.push_stats(&bytes).context("pushing the base statistics")?;
     let truth = setup.truth();
-    let mut pulled = head_from(&client.pull_stats()?, capacity)?;
+    let (mut pulled, device_threshold) = head_from(&client.pull_stats()?, capacity)?;
+    ensure!(
+        device_threshold.total_cmp(&threshold).is_eq(),
+        "the device took threshold {device_threshold} from statistics that bring {threshold}"
+    );
     let novelty = eval::novelty(&mut pulled, &setup.test_features, &truth, base, add)?;
-    let mut stages = vec![eval::evaluate(&mut pulled, &setup.test_features, &truth, &setup.labels, base, &[])?];
+    let mut stages =
+        vec![eval::evaluate(&mut pulled, &setup.test_features, &truth, &setup.labels, base, &[], threshold)?];
     print_stage(stages.last().expect("stage"), &setup.labels, 0);
     let mut rng = Rng::new(seed);
     for (i, &c) in add.iter().enumerate() {
@@ -171,8 +183,8 @@ pub fn run_device(
             }
         };
         client.commit()?;
-        let mut now = head_from(&client.pull_stats()?, capacity)?;
-        stages.push(eval::evaluate(&mut now, &setup.test_features, &truth, &setup.labels, base, &add[..=i])?);
+        let (mut now, t) = head_from(&client.pull_stats()?, capacity)?;
+        stages.push(eval::evaluate(&mut now, &setup.test_features, &truth, &setup.labels, base, &add[..=i], t)?);
         eprintln!("learned class {c} ({}) on the device from {staged} samples", setup.labels.0[c as usize]);
         print_stage(stages.last().expect("stage"), &setup.labels, i + 1);
         pulled = now;
@@ -191,8 +203,10 @@ pub fn run_device(
         let p = client.predict(s.format, &s.pixels)?;
         let class = setup.labels.class_of(p.label.as_str());
         right += usize::from(class == Some(s.label));
-        let local = pulled.classify(&setup.test_features[k * d..(k + 1) * d], None)?;
-        same += usize::from(pulled.slots()[local.class].label == p.label);
+        // The same class, and the same "unknown" answer at the threshold.
+        let local = pulled.predict(&setup.test_features[k * d..(k + 1) * d], None)?;
+        let local_novel = local.novelty > threshold;
+        same += usize::from(pulled.slots()[local.class].label == p.label && local_novel == p.novel);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -306,11 +320,7 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
         }
     }
     crate::util::write_atomic(json, &serde_json::to_vec_pretty(&report)?)?;
-    eval::plot(
-        plot,
-        &format!("{}: classes learned on the device", kind.name()),
-        &[("gaussedge".into(), run.stages.iter().map(|s| s.accuracy).collect())],
-    )?;
+    eval::plot(plot, &format!("{}: classes learned on the device", kind.name()), &eval::curves(&run.stages))?;
     println!("wrote {} and {}", json.display(), plot.display());
     drop(sim);
     let _ = std::fs::remove_dir_all(&state);

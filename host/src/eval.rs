@@ -26,6 +26,27 @@ pub struct Stage {
     /// Accuracy on test images of the classes added so far.
     pub new_accuracy: Option<f64>,
     pub confusion: Confusion,
+    /// The figures with the "unknown" answer, at the head's threshold
+    /// (absent when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_set: Option<OpenSet>,
+}
+
+/// How the "unknown" answer does at one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OpenSet {
+    pub threshold: f64,
+    /// Accuracy over the whole test set when a test image of a class not
+    /// learned yet counts as correct if answered "unknown", and an image of
+    /// a known class answered "unknown" counts as wrong.
+    pub accuracy: f64,
+    /// Share of test images of the base classes answered with a class (the
+    /// true-positive rate the threshold was calibrated for).
+    pub old_kept: f64,
+    /// The same for the classes learned so far.
+    pub new_kept: Option<f64>,
+    /// Share of test images of classes not learned yet answered "unknown".
+    pub unknown_flagged: Option<f64>,
 }
 
 /// Novelty of not-yet-learned classes against the base classes.
@@ -50,7 +71,9 @@ impl Labels {
     }
 }
 
-/// Scores the test features with `head`.
+/// Scores the test features with `head`; with a finite `threshold`, the
+/// open-set figures too (a score above it answers "unknown", as on the
+/// device).
 pub fn evaluate(
     head: &mut GaussianHead<OwnedStorage>,
     features: &[f32],
@@ -58,14 +81,41 @@ pub fn evaluate(
     labels: &Labels,
     base: &[u16],
     added: &[u16],
+    threshold: f64,
 ) -> Result<Stage> {
     let d = head.dim();
+    let open = threshold.is_finite();
     let mut conf = Confusion::new(labels.0.len());
+    // Per group (base, added, not learned yet): images, kept, open-set right.
+    let mut tally = [[0usize; 3]; 3];
     for (x, &t) in features.chunks_exact(d).zip(truth) {
-        let p = head.classify(x, None)?;
+        let p = if open { head.predict(x, None)? } else { head.classify(x, None)? };
         let class = labels.class_of(head.slots()[p.class].label.as_str()).unwrap_or(u16::MAX);
         conf.add(t, class);
+        if open {
+            let unknown = p.novelty > threshold;
+            let group = if base.contains(&t) {
+                0
+            } else if added.contains(&t) {
+                1
+            } else {
+                2
+            };
+            let right = if group == 2 { unknown } else { !unknown && class == t };
+            let g = &mut tally[group];
+            g[0] += 1;
+            g[1] += usize::from(!unknown);
+            g[2] += usize::from(right);
+        }
     }
+    let share = |a: usize, n: usize| (n > 0).then(|| a as f64 / n as f64);
+    let open_set = open.then(|| OpenSet {
+        threshold,
+        accuracy: tally.iter().map(|g| g[2]).sum::<usize>() as f64 / truth.len().max(1) as f64,
+        old_kept: share(tally[0][1], tally[0][0]).unwrap_or(0.0),
+        new_kept: share(tally[1][1], tally[1][0]),
+        unknown_flagged: share(tally[2][0] - tally[2][1], tally[2][0]),
+    });
     Ok(Stage {
         added: added.last().copied(),
         classes_known: head.class_count(),
@@ -73,6 +123,7 @@ pub fn evaluate(
         old_accuracy: conf.accuracy_of(base),
         new_accuracy: (!added.is_empty()).then(|| conf.accuracy_of(added)),
         confusion: conf,
+        open_set,
     })
 }
 
@@ -151,15 +202,28 @@ impl Setup {
         self.extractor.extract_cached(&self.train, self.kind, Split::Train, progress)
     }
 
-    /// The head to start from: the bundle's statistics if they match the
-    /// settings asked for, else refitted from the base training features.
+    /// The threshold of the bundle's calibration measured again on `head`
+    /// (another head design changes the scores); none without a calibration.
+    fn recalibrate(&self, head: &mut GaussianHead<OwnedStorage>, base: &[u16], progress: bool) -> Result<f64> {
+        let Some(c) = &self.bundle.manifest.calibration else { return Ok(f64::INFINITY) };
+        let (_, held) = crate::split::held_out(&self.train, base, &c.held_out);
+        let features = self.train_features(progress)?;
+        let d = self.extractor.dim();
+        let rows: Vec<f32> = held.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect();
+        Ok(crate::calibrate::calibrate(head, &rows, c.target_tpr, c.held_out)?.threshold)
+    }
+
+    /// The head to start from and its "unknown" threshold: the bundle's
+    /// statistics if they match the settings asked for, else refitted from
+    /// the base training features (without the images the bundle's
+    /// calibration held out, on which the threshold is then measured again).
     pub fn base_head(
         &self,
         head: &HeadDefaults,
         base: &[u16],
         capacity: usize,
         progress: bool,
-    ) -> Result<GaussianHead<OwnedStorage>> {
+    ) -> Result<(GaussianHead<OwnedStorage>, f64)> {
         let d = self.extractor.dim();
         let same_features = self.extractor.layers == self.bundle.manifest.layers;
         if let (Some(bytes), true) = (&self.bundle.stats, same_features) {
@@ -168,17 +232,42 @@ impl Setup {
                 // Loading sets the transform and its centre from the file.
                 let mut h = fit::head_for_stats(d, capacity)?;
                 stats::load(&mut h, bytes, &stats::Expect { backbone_sha256: Some(self.extractor.sha256) })?;
+                let same_settings = h.settings() == head.settings;
                 h.set_settings(head.settings)?;
                 let classes: Vec<u16> =
                     h.classes().filter_map(|(_, c)| self.labels.class_of(c.label.as_str())).collect();
                 if classes == base {
-                    return Ok(h);
+                    let threshold = if same_settings {
+                        header.novelty_threshold
+                    } else {
+                        self.recalibrate(&mut h, base, progress)?
+                    };
+                    return Ok((h, threshold));
                 }
             }
         }
-        let features = self.train_features(progress)?;
-        let labels: Vec<u16> = self.train.samples.iter().map(|s| s.label).collect();
-        fit::fit_head(d, capacity, head, &features, &labels, base, |c| self.labels.label(c))
+        match &self.bundle.manifest.calibration {
+            Some(c) => {
+                let f = fit::fit_base(
+                    &self.extractor,
+                    self.kind,
+                    &self.train,
+                    base,
+                    head,
+                    capacity,
+                    c.held_out,
+                    c.target_tpr,
+                    progress,
+                )?;
+                Ok((f.head, f.calibration.threshold))
+            }
+            None => {
+                let features = self.train_features(progress)?;
+                let labels: Vec<u16> = self.train.samples.iter().map(|s| s.label).collect();
+                let h = fit::fit_head(d, capacity, head, &features, &labels, base, |c| self.labels.label(c))?;
+                Ok((h, f64::INFINITY))
+            }
+        }
     }
 }
 
@@ -210,10 +299,10 @@ pub fn run_in_process(
     progress: bool,
 ) -> Result<(Vec<Stage>, Novelty)> {
     let capacity = base.len() + add.len();
-    let mut head = setup.base_head(head_settings, base, capacity.max(1), progress)?;
+    let (mut head, threshold) = setup.base_head(head_settings, base, capacity.max(1), progress)?;
     let truth = setup.truth();
     let novelty = novelty(&mut head, &setup.test_features, &truth, base, add)?;
-    let mut stages = vec![evaluate(&mut head, &setup.test_features, &truth, &setup.labels, base, &[])?];
+    let mut stages = vec![evaluate(&mut head, &setup.test_features, &truth, &setup.labels, base, &[], threshold)?];
     let train = setup.train_features(progress).context("training features")?;
     let labels: Vec<u16> = setup.train.samples.iter().map(|s| s.label).collect();
     let d = setup.extractor.dim();
@@ -221,7 +310,7 @@ pub fn run_in_process(
     for (i, &c) in add.iter().enumerate() {
         let rows = pick_rows(&train, &labels, d, c, shots, &mut rng);
         fit::learn_class(&mut head, setup.labels.label(c), &rows)?;
-        stages.push(evaluate(&mut head, &setup.test_features, &truth, &setup.labels, base, &add[..=i])?);
+        stages.push(evaluate(&mut head, &setup.test_features, &truth, &setup.labels, base, &add[..=i], threshold)?);
     }
     Ok((stages, novelty))
 }
@@ -282,18 +371,61 @@ pub fn plot(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> Result<(
     Ok(())
 }
 
-/// The table printed per stage.
+/// The table printed per stage; with an "unknown" threshold, its columns:
+/// open-set accuracy, the share of base-class and learned-class images
+/// answered with a class, and of not-yet-learned images answered "unknown".
 pub fn render_table(stages: &[Stage], names: &Labels) -> String {
-    let mut s = String::from(
-        "| stage | added | classes | accuracy | old classes | new classes |\n| --- | --- | --- | --- | --- | --- |\n",
-    );
+    let open = stages.iter().any(|s| s.open_set.is_some());
+    let mut s = String::from("| stage | added | classes | accuracy | old classes | new classes |");
+    let mut rule = String::from("| --- | --- | --- | --- | --- | --- |");
+    if open {
+        s += " open-set accuracy | old kept | new kept | unknown flagged |";
+        rule += " --- | --- | --- | --- |";
+    }
+    s += "\n";
+    s += &rule;
+    s += "\n";
+    let opt = |v: Option<f64>| v.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into());
     for (i, st) in stages.iter().enumerate() {
         let added = st.added.map(|c| format!("{c} ({})", names.0[c as usize])).unwrap_or_else(|| "base".into());
-        let new = st.new_accuracy.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into());
         s += &format!(
-            "| {i} | {added} | {} | {:.4} | {:.4} | {new} |\n",
-            st.classes_known, st.accuracy, st.old_accuracy
+            "| {i} | {added} | {} | {:.4} | {:.4} | {} |",
+            st.classes_known,
+            st.accuracy,
+            st.old_accuracy,
+            opt(st.new_accuracy)
         );
+        if open {
+            match &st.open_set {
+                Some(o) => {
+                    s += &format!(
+                        " {:.4} | {:.4} | {} | {} |",
+                        o.accuracy,
+                        o.old_kept,
+                        opt(o.new_kept),
+                        opt(o.unknown_flagged)
+                    )
+                }
+                None => s += " - | - | - | - |",
+            }
+        }
+        s += "\n";
+    }
+    if let Some(o) = stages.iter().find_map(|s| s.open_set) {
+        s += &format!("\n\"unknown\" above novelty {:.3} (the head's calibrated threshold)\n", o.threshold);
     }
     s
+}
+
+/// The curves of a run for [`plot`]: closed-set accuracy, and open-set
+/// accuracy when the head has a threshold.
+pub fn curves(stages: &[Stage]) -> Vec<(String, Vec<f64>)> {
+    let mut series = vec![("closed-set accuracy".to_string(), stages.iter().map(|s| s.accuracy).collect())];
+    if stages.iter().all(|s| s.open_set.is_some()) {
+        series.push((
+            "open-set accuracy (\"unknown\" counts for classes not learned yet)".to_string(),
+            stages.iter().filter_map(|s| s.open_set.map(|o| o.accuracy)).collect(),
+        ));
+    }
+    series
 }

@@ -22,9 +22,19 @@ pub struct Extractor {
 }
 
 impl Extractor {
+    /// Runs `batch` images at a time, or as many as the graph's input fixes
+    /// (an export for one image at a time runs one at a time).
     pub fn new(onnx: &[u8], pre: Preprocess, layers: &[String], batch: usize) -> Result<Self> {
-        let backbone =
-            Backbone::load(onnx, batch, pre.channels as usize, pre.height as usize, pre.width as usize, layers)?;
+        let load =
+            |b: usize| Backbone::load(onnx, b, pre.channels as usize, pre.height as usize, pre.width as usize, layers);
+        let backbone = match load(batch) {
+            Err(gaussedge_device::backbone::BackboneError::InputShape { .. })
+                if gaussedge_device::backbone::declared_batch(onnx).is_some_and(|b| b != batch) =>
+            {
+                load(gaussedge_device::backbone::declared_batch(onnx).unwrap_or(1))?
+            }
+            other => other?,
+        };
         Ok(Extractor { backbone, pre, sha256: sha256(onnx), layers: layers.to_vec() })
     }
 
@@ -213,6 +223,50 @@ pub fn fit_head(
     Ok(h)
 }
 
+/// A bundle's base head and its "unknown" threshold.
+pub struct Fitted {
+    pub head: GaussianHead<OwnedStorage>,
+    pub calibration: gaussedge_device::bundle::Calibration,
+}
+
+/// The base statistics as every bundle gets them: fitted on the base
+/// classes' training images except the held-out ones, and the threshold
+/// calibrated on those at `tpr` (see [`crate::split`] and
+/// [`crate::calibrate`]). `train` is the whole training split; its features
+/// come from the cache that `eval` shares.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_base(
+    extractor: &Extractor,
+    kind: DatasetKind,
+    train: &Dataset,
+    classes: &[u16],
+    head: &HeadDefaults,
+    capacity: usize,
+    held: gaussedge_device::bundle::HeldOut,
+    tpr: f64,
+    progress: bool,
+) -> Result<Fitted> {
+    let (fit_idx, held_idx) = crate::split::held_out(train, classes, &held);
+    anyhow::ensure!(!fit_idx.is_empty(), "no training images of classes {classes:?} to fit");
+    anyhow::ensure!(
+        !held_idx.is_empty(),
+        "no training images held out to calibrate the threshold (fraction {} of {} images)",
+        held.fraction,
+        fit_idx.len()
+    );
+    let features = extractor.extract_cached(train, kind, Split::Train, progress)?;
+    let d = extractor.dim();
+    let gather = |idx: &[usize]| -> Vec<f32> {
+        idx.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect()
+    };
+    let labels: Vec<u16> = fit_idx.iter().map(|&i| train.samples[i].label).collect();
+    let mut h = fit_head(d, capacity, head, &gather(&fit_idx), &labels, classes, |c| {
+        class_label(&train.class_names[c as usize], c)
+    })?;
+    let calibration = crate::calibrate::calibrate(&mut h, &gather(&held_idx), tpr, held)?;
+    Ok(Fitted { head: h, calibration })
+}
+
 /// `sum_i |L^-1 (t(x_i) - m_slot)|^2` over the rows of `rows`, on every core.
 pub fn whitened_total(head: &GaussianHead<OwnedStorage>, slot: usize, rows: &[f32]) -> Result<f64> {
     let d = head.dim();
@@ -341,6 +395,7 @@ pub fn write_bundle(
         // A bundle's statistics travel to devices: half the bytes, and the
         // head widens them back to f64 on load.
         precision: gaussedge_shared::stats::Precision::F32,
+        novelty_threshold: manifest.calibration.as_ref().map_or(f64::INFINITY, |c| c.threshold),
     };
     let stats_bytes = gaussedge_shared::stats::to_vec(head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::util::write_atomic(&dir.join(gaussedge_device::bundle::BACKBONE), onnx)?;

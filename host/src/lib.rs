@@ -3,6 +3,7 @@
 //! behind the `gaussedge` CLI.
 
 pub mod arch;
+pub mod calibrate;
 pub use gaussedge_data as data;
 pub mod cli;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod onnx;
 pub mod parity;
 pub mod prep;
 pub mod rng;
+pub mod split;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod util;

@@ -4,6 +4,7 @@
 use crate::data::Dataset;
 use gaussedge_shared::preprocess::{frame_to_input, input_len};
 use gaussedge_shared::stats::Preprocess;
+use gaussedge_shared::wire::FrameFormat;
 use serde::{Deserialize, Serialize};
 
 /// Channel mean and standard deviation of the training images (on the
@@ -44,12 +45,21 @@ impl Normalization {
     }
 }
 
-/// Preprocessed inputs of the samples `idx`, concatenated (`NCHW`).
+/// The frame format of a backbone's input: what [`crate::data::photo::fit_frame`]
+/// shrinks larger images to.
+pub fn input_format(pre: &Preprocess) -> FrameFormat {
+    FrameFormat { width: pre.width, height: pre.height, channels: pre.channels }
+}
+
+/// Preprocessed inputs of the samples `idx`, concatenated (`NCHW`): each
+/// image fitted as it would be sent to a device, then converted by the
+/// device's own code.
 pub fn inputs(ds: &Dataset, idx: &[usize], pre: &Preprocess) -> anyhow::Result<Vec<f32>> {
     let len = input_len(pre);
+    let target = input_format(pre);
     let mut out = vec![0f32; idx.len() * len];
     for (k, &i) in idx.iter().enumerate() {
-        let s = &ds.samples[i];
+        let s = crate::data::photo::fit_frame(&ds.samples[i], target);
         frame_to_input(&s.pixels, s.format, pre, &mut out[k * len..(k + 1) * len])?;
     }
     Ok(out)

@@ -182,19 +182,6 @@ pub fn limit_per_class(ds: &Dataset, limit: usize) -> Dataset {
     Dataset { name: ds.name.clone(), class_names: ds.class_names.clone(), samples }
 }
 
-/// Stratified split of sample indices into (train, validation).
-fn split_indices(ds: &Dataset, classes: &[u16], fraction: f64, rng: &mut Rng) -> (Vec<usize>, Vec<usize>) {
-    let (mut train, mut val) = (vec![], vec![]);
-    for &c in classes {
-        let mut idx = ds.indices_of(c);
-        rng.shuffle(&mut idx);
-        let n_val = ((idx.len() as f64) * fraction).round() as usize;
-        val.extend_from_slice(&idx[..n_val]);
-        train.extend_from_slice(&idx[n_val..]);
-    }
-    (train, val)
-}
-
 fn to_tensor(inputs: Vec<f32>, n: usize, size: usize) -> Tensor {
     Tensor::from_slice(&inputs).view([n as i64, 3, size as i64, size as i64])
 }
@@ -277,7 +264,10 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         bail!("no training images for classes {:?}", job.classes);
     }
     let mut rng = Rng::new(recipe.seed);
-    let (train_idx, val_idx) = split_indices(&ds, &job.classes, recipe.val_fraction, &mut rng);
+    // The same split `fit` re-derives to calibrate the "unknown" threshold
+    // on images the backbone never trained on (see `split::held_out`).
+    let labels: Vec<u16> = ds.samples.iter().map(|s| s.label).collect();
+    let (train_idx, val_idx) = crate::split::stratified(&labels, &job.classes, recipe.val_fraction, &mut rng);
 
     let mut state = if job.resume && state_path.exists() {
         let s: TrainState = serde_json::from_slice(&std::fs::read(&state_path)?).context("reading state.json")?;

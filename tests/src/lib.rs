@@ -5,11 +5,11 @@
 
 use anyhow::Result;
 use gaussedge_data::{Dataset, DatasetKind, Split};
-use gaussedge_device::bundle::{hex, Manifest, MANIFEST_FORMAT};
+use gaussedge_device::bundle::{hex, HeldOut, Manifest, MANIFEST_FORMAT};
 use gaussedge_host::arch::{Arch, ArchConfig};
 use gaussedge_host::client::Client;
 use gaussedge_host::demo::Simulator;
-use gaussedge_host::fit::{self, class_label, Extractor};
+use gaussedge_host::fit::{self, Extractor};
 use gaussedge_host::net::EfficientNet;
 use gaussedge_host::onnx::{self, ExportOptions};
 use gaussedge_host::parity;
@@ -113,10 +113,9 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
     let layers = fit::block_layers(arch.blocks.len());
     let extractor = Extractor::new(&onnx, pre, &layers, 16)?;
     let head = fit::recommended_head();
-    let features = extractor.extract(&base, &idx, &fit::bar(false, 0, ""))?;
-    let labels: Vec<u16> = base.samples.iter().map(|s| s.label).collect();
+    let held = HeldOut { seed: 0, fraction: 0.2, limit_per_class: None };
+    let fitted = fit::fit_base(&extractor, DatasetKind::Cifar10, &train, &BASE, &head, 16, held, 0.95, false)?;
     let d = extractor.dim();
-    let h = fit::fit_head(d, 16, &head, &features, &labels, &BASE, |c| class_label(&train.class_names[c as usize], c))?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         dataset: "cifar10".into(),
@@ -127,9 +126,10 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
         layers,
         backbone_sha256: hex(&extractor.sha256),
         head,
+        calibration: Some(fitted.calibration),
         extra: serde_json::json!({"fixture": true}),
     };
-    fit::write_bundle(dir, &onnx, &h, &manifest)
+    fit::write_bundle(dir, &onnx, &fitted.head, &manifest)
 }
 
 pub fn fixture() -> &'static Fixture {

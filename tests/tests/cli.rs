@@ -171,6 +171,11 @@ fn eval_in_process_and_through_a_device_agree() {
     assert_eq!(report["via_device"], true);
     let via = report["final_accuracy"].as_f64().unwrap();
     assert!((via - in_process).abs() < 0.05, "in process {in_process}, through the device {via}");
+    // The open-set figures at the bundle's threshold, every stage, both ways.
+    let stages = report["stages"].as_array().unwrap();
+    assert!(stages.iter().all(|s| s["open_set"]["accuracy"].is_number()), "{stages:?}");
+    assert!(stages[0]["open_set"]["unknown_flagged"].is_number() && stages[3]["open_set"]["new_kept"].is_number());
+    assert!(out.contains("open-set accuracy"), "{out}");
 }
 
 #[test]
@@ -270,4 +275,184 @@ fn features_of_other_data_are_never_served_from_the_cache() {
     let (ok_poisoned, err) = eval(&b, &sim.path);
     assert!(!ok_poisoned, "a host scoring other features must fail");
     assert!(err.contains("the host's features are not the device's"), "{err}");
+}
+
+/// Training images of `class` blown up to phone-photo sizes, JPEG and PNG.
+fn write_photos(dir: &Path, class: u16, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let train = dataset(Split::Train);
+    for (k, i) in train.indices_of(class).into_iter().take(n).enumerate() {
+        let s = &train.samples[i];
+        let small = image::RgbImage::from_raw(s.format.width.into(), s.format.height.into(), s.pixels.clone()).unwrap();
+        let (w, h) = if k % 3 == 0 { (1200, 1600) } else { (1600, 1200) };
+        let big = image::imageops::resize(&small, w, h, image::imageops::FilterType::Triangle);
+        let ext = if k % 2 == 0 { "jpg" } else { "png" };
+        big.save(dir.join(format!("photo-{k:02}.{ext}"))).unwrap();
+    }
+}
+
+#[test]
+fn phone_photos_teach_a_class_and_the_device_answers_unknown_at_its_calibrated_threshold() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let sim = start(&work.path().join("state"), &[]);
+    let port = sim.path.as_str();
+    let manifest = gaussedge_device::bundle::Manifest::read(&f.bundle).unwrap();
+    let calibration = manifest.calibration.clone().expect("the fixture bundle is calibrated");
+
+    // The bundle's threshold is the device's from boot.
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--port", port, "--json"])).unwrap();
+    assert_eq!(info["device"]["novelty_threshold"].as_f64(), Some(calibration.threshold));
+
+    // Photos of 1600x1200 go through a device whose largest frame is 64x64:
+    // the host fits each to the backbone's input first.
+    let photos = work.path().join("mugs");
+    write_photos(&photos, 6, 12);
+    let out = ok(&["learn", "--port", port, "--label", "mug", "--from", photos.to_str().unwrap()]);
+    assert!(out.contains("learned mug from 12 samples"), "{out}");
+    let photo = photos.join("photo-01.png");
+    let out = ok(&["predict", "--port", port, "--json", photo.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v[0]["label"].is_string(), "{out}");
+
+    // A folder with one unreadable file fails before anything is sent,
+    // names the file, and leaves the device as it was.
+    let bad = work.path().join("bad");
+    write_photos(&bad, 7, 3);
+    std::fs::write(bad.join("notes.jpg"), "this is text").unwrap();
+    let classes = |port: &str| {
+        let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--port", port, "--json"])).unwrap();
+        info["classes"].as_array().unwrap().len()
+    };
+    let before = classes(port);
+    let (success, _, err) = gaussedge(&["learn", "--port", port, "--label", "horse", "--from", bad.to_str().unwrap()]);
+    assert!(!success && err.contains("notes.jpg") && err.contains("nothing was sent"), "{err}");
+    assert_eq!(classes(port), before);
+    let (success, out, err) =
+        gaussedge(&["predict", "--port", port, photo.to_str().unwrap(), bad.join("notes.jpg").to_str().unwrap()]);
+    assert!(!success && out.is_empty() && err.contains("notes.jpg"), "{out}\n{err}");
+
+    // `threshold`: a value, a rate from the bundle's calibration, never.
+    ok(&["threshold", "--port", port, "--value", "0"]);
+    let out = ok(&["predict", "--port", port, photo.to_str().unwrap()]);
+    assert!(out.contains("unknown (nearest: "), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["predict", "--port", port, "--json", photo.to_str().unwrap()])).unwrap();
+    assert_eq!((v[0]["answer"].as_str(), v[0]["novel"].as_bool()), (Some("unknown"), Some(true)));
+    let bundle = f.bundle.to_str().unwrap();
+    let out = ok(&["threshold", "--port", port, "--tpr", "0.8", "--bundle", bundle]);
+    let want = calibration.threshold_for(0.8).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--port", port, "--json"])).unwrap();
+    assert_eq!(info["device"]["novelty_threshold"].as_f64(), Some(want), "{out}");
+    assert!(ok(&["threshold", "--port", port, "--show", "--bundle", bundle]).contains("keeps at least"));
+    ok(&["threshold", "--port", port, "--never"]);
+    let out = ok(&["predict", "--port", port, photo.to_str().unwrap()]);
+    assert!(!out.contains("unknown"), "{out}");
+    for (args, why) in [
+        (vec!["--tpr", "0.9"], "needs --bundle"),
+        (vec!["--tpr", "0.1", "--bundle", bundle], "outside the calibrated range"),
+        (vec!["--value", "-3"], ">= 0"),
+        (vec!["--tpr", "0.9", "--bundle", f.bundle_b.to_str().unwrap()], "not the bundle this device runs"),
+    ] {
+        let mut a = vec!["threshold", "--port", port];
+        a.extend(args);
+        let (success, _, err) = gaussedge(&a);
+        assert!(!success && err.contains(why), "{a:?}: {err}");
+    }
+    drop(sim);
+}
+
+fn onnx_fixture(name: &str) -> String {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/onnx").join(format!("{name}.onnx"));
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn any_onnx_feature_extractor_becomes_a_bundle_a_device_runs() {
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let data = f.data.to_str().unwrap();
+    let bundle_args = |name: &str, outputs: &str, channels: &str, out: &Path| -> Vec<String> {
+        [
+            "bundle",
+            "--onnx",
+            &onnx_fixture(name),
+            "--outputs",
+            outputs,
+            "--size",
+            "32x32",
+            "--channels",
+            channels,
+            "--dataset",
+            "cifar10",
+            "--data",
+            data,
+            "--base",
+            "0-2",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    for (name, outputs, channels, dim) in [
+        ("pooled4d", "pooled", "3", 12),
+        ("flat2d", "embedding", "3", 6),
+        ("two_outputs", "early,late", "3", 20),
+        ("grey", "features", "1", 12),
+    ] {
+        let out = work.path().join(name);
+        let args = bundle_args(name, outputs, channels, &out);
+        let printed = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(printed.contains(&format!("{dim} features")), "{printed}");
+        let m = gaussedge_device::bundle::Manifest::read(&out).unwrap();
+        assert_eq!((m.feature_dim, m.preprocess.channels.to_string().as_str()), (dim, channels));
+        assert!(m.calibration.is_some_and(|c| c.threshold.is_finite()));
+        let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
+        assert!(card.contains("gaussedge did not train") && card.contains("Unknown"), "{card}");
+    }
+
+    // The device boots such a bundle, learns on it and answers.
+    let bundle = work.path().join("two_outputs");
+    let state = work.path().join("state");
+    let camera = format!("cifar10:{data}");
+    let sim = gaussedge_host::demo::Simulator::start(
+        &device_binary(),
+        &bundle,
+        &state,
+        &["--camera".into(), camera, "--max-frame".into(), "64x64".into()],
+    )
+    .unwrap();
+    let port = sim.path.as_str();
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--port", port, "--json"])).unwrap();
+    assert_eq!((info["device"]["dim"].as_u64(), info["classes"].as_array().unwrap().len()), (Some(20), 3));
+    let out = ok(&["learn", "--port", port, "--label", "dog", "--capture", "8", "--source-class", "5"]);
+    assert!(out.contains("from 8 samples"), "{out}");
+    let photos = work.path().join("photos");
+    write_photos(&photos, 5, 2);
+    let out = ok(&["predict", "--port", port, photos.join("photo-00.jpg").to_str().unwrap()]);
+    assert!(out.contains("photo-00.jpg: "), "{out}");
+    drop(sim);
+
+    // Graphs that cannot serve, and bad options, are refused with the reason.
+    for (name, outputs, why) in [
+        ("unpooled", "map", "GlobalAveragePool"),
+        ("int_output", "codes", "32-bit floats"),
+        ("flat2d", "logits", "no output `logits`"),
+        ("fixed16", "features", "declared"),
+        ("garbage", "features", "cannot load the backbone ONNX"),
+    ] {
+        let args = bundle_args(name, outputs, "3", &work.path().join("refused"));
+        let (success, _, err) = gaussedge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!success && err.contains("cannot serve as a gaussedge backbone") && err.contains(why), "{name}: {err}");
+        assert!(!work.path().join("refused").exists(), "{name}: a refused graph wrote a bundle");
+    }
+    let mut args = bundle_args("flat2d", "embedding", "2", &work.path().join("x"));
+    let (success, _, err) = gaussedge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!success && err.contains("--channels 1 (grey) or 3"), "{err}");
+    args[6] = "32by32".into();
+    args[8] = "3".into();
+    let (success, _, err) = gaussedge(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!success && err.contains("WIDTHxHEIGHT"), "{err}");
 }
