@@ -64,3 +64,35 @@ pub fn inputs(ds: &Dataset, idx: &[usize], pre: &Preprocess) -> anyhow::Result<V
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{self, Sample};
+
+    /// One photo, two ways to a backbone input: as `learn --from` and
+    /// `predict` send it to a device (read, fitted, then the device's
+    /// conversion), and as `fit` and `eval` extract features from an image
+    /// folder. The inputs must be the same, bit for bit.
+    #[test]
+    fn a_photo_reaches_the_backbone_as_the_same_input_through_a_device_or_feature_extraction() {
+        let dir = tempfile::tempdir().unwrap();
+        let class = dir.path().join("mug");
+        std::fs::create_dir_all(&class).unwrap();
+        let (w, h) = (1600u16, 1200u16);
+        let pixels = (0..usize::from(w) * usize::from(h) * 3).map(|i| ((i * 37) ^ (i / 4800)) as u8).collect();
+        let photo = Sample { label: 0, format: FrameFormat { width: w, height: h, channels: 3 }, pixels };
+        let path = class.join("photo.png");
+        data::write_png(&photo, &path).unwrap();
+        for channels in [3, 1] {
+            let pre = Preprocess { width: 64, height: 48, channels, mean: [0.4, 0.5, 0.6], std: [0.2, 0.25, 0.3] };
+            let folder = data::load_folder(dir.path()).unwrap();
+            let extracted = inputs(&folder, &[0], &pre).unwrap();
+            let frame = data::photo::read_photo(&path, 0, input_format(&pre)).unwrap();
+            assert_eq!(frame.format, input_format(&pre), "the link carries an input-sized frame");
+            let mut device = vec![0f32; input_len(&pre)];
+            frame_to_input(&frame.pixels, frame.format, &pre, &mut device).unwrap();
+            assert_eq!(extracted, device, "{channels} channels");
+        }
+    }
+}
