@@ -1341,7 +1341,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         "final 10-class accuracy {final_accuracy:.4}; novelty AUROC {:.4}, TNR at 95% TPR {:.4}",
         novelty.auroc, novelty.tnr_at_95_tpr
     );
-    if let Some(o) = last.last().and_then(|s| s.open_set) {
+    if let Some(o) = last.last().and_then(|s| s.open_set.as_ref()) {
         println!(
             "final open-set accuracy {:.4} at threshold {:.3}: base-class images kept {:.4}, learned-class images kept {}",
             o.accuracy,
@@ -1349,6 +1349,11 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             o.old_kept,
             o.new_kept.map_or("-".into(), |k| format!("{k:.4}"))
         );
+        let per: Vec<String> =
+            o.kept_by_class.iter().map(|(c, k)| format!("{c} {}: {k:.4}", setup.labels.0[*c as usize])).collect();
+        if !per.is_empty() {
+            println!("learned classes' test images kept: {}", per.join(", "));
+        }
     }
     let report = serde_json::json!({
         "bundle": a.bundle,
@@ -1372,9 +1377,9 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             .map(|i| stages.iter().map(|s| s[i].accuracy).sum::<f64>() / stages.len() as f64)
             .collect::<Vec<_>>(),
         "novelty": novelty,
-        "final_open_set": last.last().and_then(|s| s.open_set),
-        "final_open_set_accuracies": stages.iter().filter_map(|s| s.last().and_then(|x| x.open_set).map(|o| o.accuracy)).collect::<Vec<_>>(),
-        "final_new_kept": stages.iter().filter_map(|s| s.last().and_then(|x| x.open_set).and_then(|o| o.new_kept)).collect::<Vec<_>>(),
+        "final_open_set": last.last().and_then(|s| s.open_set.as_ref()),
+        "final_open_set_accuracies": stages.iter().filter_map(|s| s.last().and_then(|x| x.open_set.as_ref()).map(|o| o.accuracy)).collect::<Vec<_>>(),
+        "final_new_kept": stages.iter().filter_map(|s| s.last().and_then(|x| x.open_set.as_ref()).and_then(|o| o.new_kept)).collect::<Vec<_>>(),
     });
     if let Some(p) = &a.json {
         if let Some(dir) = p.parent() {

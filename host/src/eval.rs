@@ -33,7 +33,7 @@ pub struct Stage {
 }
 
 /// How the "unknown" answer does at one stage.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenSet {
     pub threshold: f64,
     /// Accuracy over the whole test set when a test image of a class not
@@ -47,6 +47,10 @@ pub struct OpenSet {
     pub new_kept: Option<f64>,
     /// Share of test images of classes not learned yet answered "unknown".
     pub unknown_flagged: Option<f64>,
+    /// Per learned class (in the order added): the share of its test images
+    /// answered with a class.
+    #[serde(default)]
+    pub kept_by_class: Vec<(u16, f64)>,
 }
 
 /// Novelty of not-yet-learned classes against the base classes.
@@ -88,6 +92,8 @@ pub fn evaluate(
     let mut conf = Confusion::new(labels.0.len());
     // Per group (base, added, not learned yet): images, kept, open-set right.
     let mut tally = [[0usize; 3]; 3];
+    // Per added class: images, kept.
+    let mut per_class = vec![[0usize; 2]; added.len()];
     for (x, &t) in features.chunks_exact(d).zip(truth) {
         let p = if open { head.predict(x, None)? } else { head.classify(x, None)? };
         let class = labels.class_of(head.slots()[p.class].label.as_str()).unwrap_or(u16::MAX);
@@ -106,6 +112,10 @@ pub fn evaluate(
             g[0] += 1;
             g[1] += usize::from(!unknown);
             g[2] += usize::from(right);
+            if let Some(k) = added.iter().position(|&a| a == t) {
+                per_class[k][0] += 1;
+                per_class[k][1] += usize::from(!unknown);
+            }
         }
     }
     let share = |a: usize, n: usize| (n > 0).then(|| a as f64 / n as f64);
@@ -115,6 +125,7 @@ pub fn evaluate(
         old_kept: share(tally[0][1], tally[0][0]).unwrap_or(0.0),
         new_kept: share(tally[1][1], tally[1][0]),
         unknown_flagged: share(tally[2][0] - tally[2][1], tally[2][0]),
+        kept_by_class: added.iter().zip(&per_class).filter_map(|(&c, p)| share(p[1], p[0]).map(|k| (c, k))).collect(),
     });
     Ok(Stage {
         added: added.last().copied(),
@@ -411,7 +422,7 @@ pub fn render_table(stages: &[Stage], names: &Labels) -> String {
         }
         s += "\n";
     }
-    if let Some(o) = stages.iter().find_map(|s| s.open_set) {
+    if let Some(o) = stages.iter().find_map(|s| s.open_set.as_ref()) {
         s += &format!("\n\"unknown\" above novelty {:.3} (the head's calibrated threshold)\n", o.threshold);
     }
     s
@@ -424,7 +435,7 @@ pub fn curves(stages: &[Stage]) -> Vec<(String, Vec<f64>)> {
     if stages.iter().all(|s| s.open_set.is_some()) {
         series.push((
             "open-set accuracy (\"unknown\" counts for classes not learned yet)".to_string(),
-            stages.iter().filter_map(|s| s.open_set.map(|o| o.accuracy)).collect(),
+            stages.iter().filter_map(|s| s.open_set.as_ref().map(|o| o.accuracy)).collect(),
         ));
     }
     series
