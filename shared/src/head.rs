@@ -311,6 +311,35 @@ struct Staging {
 }
 
 /// The tied-covariance Gaussian head. See the module docs.
+///
+/// A class is learned from its samples alone (no old data, no gradient
+/// step), and a sample far from every class scores a high novelty:
+///
+/// ```
+/// use gaussedge_shared::{label, Estimator, GaussianHead, HeadConfig, Transform};
+///
+/// let config = HeadConfig {
+///     dim: 2,
+///     capacity: 4,
+///     weighting: Estimator::Pooled.weighting(),
+///     settings: Estimator::Pooled.settings(),
+///     transform: Transform::IDENTITY,
+/// };
+/// let mut head = GaussianHead::with_capacity(config)?;
+/// for (name, centre) in [("cat", [0.0f32, 0.0]), ("dog", [10.0, 0.0])] {
+///     head.begin(label(name).unwrap())?;
+///     for (dx, dy) in [(0.5, 0.0), (-0.5, 0.3), (0.0, -0.4), (0.2, 0.6), (-0.3, -0.2)] {
+///         head.learn(&[centre[0] + dx, centre[1] + dy])?;
+///     }
+///     head.commit()?;
+/// }
+/// let near_dog = head.predict(&[9.6, 0.1], None)?;
+/// assert_eq!(head.slots()[near_dog.class].label.as_str(), "dog");
+/// // Far from both: the device would answer "unknown" above its threshold.
+/// let elsewhere = head.predict(&[5.0, 40.0], None)?;
+/// assert!(elsewhere.novelty > 100.0 * near_dog.novelty);
+/// # Ok::<(), gaussedge_shared::HeadError>(())
+/// ```
 pub struct GaussianHead<S: Storage> {
     storage: S,
     layout: Layout,
