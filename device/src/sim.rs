@@ -213,11 +213,11 @@ impl SimPlatform {
         Ok((manifest, info))
     }
 
-    fn swap_in(&mut self, from: &Path) -> Result<BackboneInfo, Fault> {
-        let active = load_active(from).map_err(storage)?;
+    /// Makes `active` the running bundle.
+    fn install(&mut self, active: Active) -> BackboneInfo {
         let info = active.info;
         self.active = active;
-        Ok(info)
+        info
     }
 }
 
@@ -305,23 +305,17 @@ impl Platform for SimPlatform {
             .bundles
             .write(files, |b| active_from("the new bundle", b).map_err(|e| format!("{e:#}")))
             .map_err(storage)?;
-        let info = active.info;
-        self.active = active;
+        let info = self.install(active);
         self.staged.clear();
         Ok(info)
     }
 
     fn bundle_rollback(&mut self) -> Result<BackboneInfo, Fault> {
-        match self.bundles.rollback().map_err(storage)? {
-            Some(n) => {
-                let b = self.bundles.read(n).map_err(storage)?;
-                let active = active_from("flashed bundle", b).map_err(storage)?;
-                let info = active.info;
-                self.active = active;
-                Ok(info)
-            }
-            None => self.swap_in(&self.factory.clone()),
-        }
+        let active = match self.bundles.rollback().map_err(storage)? {
+            Some(n) => active_from("flashed bundle", self.bundles.read(n).map_err(storage)?),
+            None => load_active(&self.factory),
+        };
+        Ok(self.install(active.map_err(storage)?))
     }
 
     fn base_stats(&mut self) -> Result<&[u8], Fault> {

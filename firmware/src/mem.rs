@@ -21,7 +21,7 @@ use crate::platform::{BackboneInfo, Fault, Platform, Slot};
 use crate::samples::SampleStore;
 use alloc::vec;
 use alloc::vec::Vec;
-use gaussedge_shared::preprocess::input_len;
+use gaussedge_shared::preprocess::{input_format, input_len};
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, UploadTarget};
 use sha2::{Digest, Sha256};
@@ -310,8 +310,7 @@ impl Platform for MemPlatform {
     }
 
     fn capture(&mut self, class_hint: Option<u16>, frame: &mut [u8]) -> Result<FrameFormat, Fault> {
-        let p = self.net.info.preprocess;
-        let format = FrameFormat { width: p.width, height: p.height, channels: p.channels };
+        let format = input_format(&self.net.info.preprocess);
         if format.len() > frame.len() {
             return Err(Fault::new(ErrorCode::Capture, "camera image larger than the frame buffer"));
         }

@@ -326,7 +326,7 @@ impl<'a, S: Storage, P: Platform> Server<'a, S, P> {
                 self.persist_ok()
             }
             Request::SetNoveltyThreshold(t) => {
-                if t.is_nan() || t < 0.0 {
+                if !stats::valid_threshold(t) {
                     return error(ErrorCode::BadRequest, "threshold must be >= 0");
                 }
                 let old = self.persisted.novelty_threshold;

@@ -1100,7 +1100,7 @@ fn label_arg(s: &str) -> Result<gaussedge_shared::Label> {
 /// and every one that cannot be is named, so a bad file fails the command
 /// with the device untouched rather than after half a folder.
 fn photos_for(info: &gaussedge_shared::wire::DeviceInfo, files: &[PathBuf]) -> Result<Vec<data::Sample>> {
-    let input = crate::prep::input_format(&info.preprocess);
+    let input = gaussedge_shared::preprocess::input_format(&info.preprocess);
     anyhow::ensure!(
         input.width <= info.max_frame.width && input.height <= info.max_frame.height,
         "the device's input {}x{} is larger than its largest frame {}x{}",
@@ -1237,7 +1237,7 @@ fn threshold(a: ThresholdArgs) -> Result<()> {
     } else if a.never {
         f64::INFINITY
     } else if let Some(v) = a.value {
-        anyhow::ensure!(v >= 0.0, "a threshold is a novelty score: >= 0, not {v}");
+        anyhow::ensure!(stats::valid_threshold(v), "a threshold is a novelty score: >= 0, not {v}");
         v
     } else {
         let tpr = a.tpr.context("--tpr, --value, --never or --show")?;

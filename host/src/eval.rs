@@ -219,8 +219,7 @@ impl Setup {
         let Some(c) = &self.bundle.manifest.calibration else { return Ok(f64::INFINITY) };
         let (_, held) = crate::split::held_out(&self.train, base, &c.held_out);
         let features = self.train_features(progress)?;
-        let d = self.extractor.dim();
-        let rows: Vec<f32> = held.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect();
+        let rows = fit::rows_at(&features, self.extractor.dim(), &held);
         Ok(crate::calibrate::calibrate(head, &rows, c.target_tpr, c.held_out)?.threshold)
     }
 
@@ -296,7 +295,7 @@ pub fn pick_rows(
         Some(k) => rng.sample(idx.len(), k).into_iter().map(|j| idx[j]).collect(),
         None => idx,
     };
-    chosen.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect()
+    fit::rows_at(features, d, &chosen)
 }
 
 /// The whole protocol in process.

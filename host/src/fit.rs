@@ -28,10 +28,11 @@ impl Extractor {
         let load =
             |b: usize| Backbone::load(onnx, b, pre.channels as usize, pre.height as usize, pre.width as usize, layers);
         let backbone = match load(batch) {
-            Err(gaussedge_device::backbone::BackboneError::InputShape { .. })
-                if gaussedge_device::backbone::declared_batch(onnx).is_some_and(|b| b != batch) =>
-            {
-                load(gaussedge_device::backbone::declared_batch(onnx).unwrap_or(1))?
+            Err(e @ gaussedge_device::backbone::BackboneError::InputShape { .. }) => {
+                match gaussedge_device::backbone::declared_batch(onnx) {
+                    Some(fixed) if fixed != batch => load(fixed)?,
+                    _ => return Err(e.into()),
+                }
             }
             other => other?,
         };
@@ -256,14 +257,11 @@ pub fn fit_base(
     );
     let features = extractor.extract_cached(train, kind, Split::Train, progress)?;
     let d = extractor.dim();
-    let gather = |idx: &[usize]| -> Vec<f32> {
-        idx.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect()
-    };
     let labels: Vec<u16> = fit_idx.iter().map(|&i| train.samples[i].label).collect();
-    let mut h = fit_head(d, capacity, head, &gather(&fit_idx), &labels, classes, |c| {
+    let mut h = fit_head(d, capacity, head, &rows_at(&features, d, &fit_idx), &labels, classes, |c| {
         class_label(&train.class_names[c as usize], c)
     })?;
-    let calibration = crate::calibrate::calibrate(&mut h, &gather(&held_idx), tpr, held)?;
+    let calibration = crate::calibrate::calibrate(&mut h, &rows_at(&features, d, &held_idx), tpr, held)?;
     Ok(Fitted { head: h, calibration })
 }
 
@@ -292,12 +290,13 @@ pub fn whitened_total(head: &GaussianHead<OwnedStorage>, slot: usize, rows: &[f3
 
 /// Rows of `features` (`n * d`) whose label is `class`.
 pub fn rows_of(features: &[f32], labels: &[u16], d: usize, class: u16) -> Vec<f32> {
-    labels
-        .iter()
-        .enumerate()
-        .filter(|(_, &l)| l == class)
-        .flat_map(|(i, _)| features[i * d..(i + 1) * d].iter().copied())
-        .collect()
+    let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+    rows_at(features, d, &idx)
+}
+
+/// Rows `idx` of `features` (`n * d` values), in that order.
+pub fn rows_at(features: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter().flat_map(|&i| features[i * d..(i + 1) * d].iter().copied()).collect()
 }
 
 /// Reads a bundle's backbone with the manifest's preprocessing and layers.

@@ -2,9 +2,8 @@
 //! the device runs (`gaussedge_shared::preprocess`).
 
 use crate::data::Dataset;
-use gaussedge_shared::preprocess::{frame_to_input, input_len};
+use gaussedge_shared::preprocess::{frame_to_input, input_format, input_len};
 use gaussedge_shared::stats::Preprocess;
-use gaussedge_shared::wire::FrameFormat;
 use serde::{Deserialize, Serialize};
 
 /// Channel mean and standard deviation of the training images (on the
@@ -45,12 +44,6 @@ impl Normalization {
     }
 }
 
-/// The frame format of a backbone's input: what [`crate::data::photo::fit_frame`]
-/// shrinks larger images to.
-pub fn input_format(pre: &Preprocess) -> FrameFormat {
-    FrameFormat { width: pre.width, height: pre.height, channels: pre.channels }
-}
-
 /// Preprocessed inputs of the samples `idx`, concatenated (`NCHW`): each
 /// image fitted as it would be sent to a device, then converted by the
 /// device's own code.
@@ -69,6 +62,7 @@ pub fn inputs(ds: &Dataset, idx: &[usize], pre: &Preprocess) -> anyhow::Result<V
 mod tests {
     use super::*;
     use crate::data::{self, Sample};
+    use gaussedge_shared::wire::FrameFormat;
 
     /// One photo, two ways to a backbone input: as `learn --from` and
     /// `predict` send it to a device (read, fitted, then the device's

@@ -11,6 +11,7 @@ use crate::prep::{self, Normalization};
 use crate::rng::Rng;
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
+use gaussedge_device::bundle::HeldOut;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -166,22 +167,6 @@ pub struct Trained {
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const STATE_FILE: &str = "state.json";
 
-/// Keeps the first `limit` samples of each class.
-pub fn limit_per_class(ds: &Dataset, limit: usize) -> Dataset {
-    let mut seen = vec![0usize; ds.class_names.len().max(1)];
-    let samples = ds
-        .samples
-        .iter()
-        .filter(|s| {
-            let c = &mut seen[s.label as usize];
-            *c += 1;
-            *c <= limit
-        })
-        .cloned()
-        .collect();
-    Dataset { name: ds.name.clone(), class_names: ds.class_names.clone(), samples }
-}
-
 fn to_tensor(inputs: Vec<f32>, n: usize, size: usize) -> Tensor {
     Tensor::from_slice(&inputs).view([n as i64, 3, size as i64, size as i64])
 }
@@ -255,19 +240,15 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
     let state_path = job.checkpoint_dir.join(STATE_FILE);
     let weights_path = job.checkpoint_dir.join(WEIGHTS_FILE);
 
-    let full = data::load(job.dataset, &job.data, Split::Train)?;
-    let mut ds = full.filter(&job.classes);
-    if let Some(limit) = job.limit_per_class {
-        ds = limit_per_class(&ds, limit);
-    }
-    if ds.is_empty() {
+    // Indices into the whole split, split as `fit` re-derives it to
+    // calibrate the "unknown" threshold on images the backbone never
+    // trained on: the same function, so the two cannot drift apart.
+    let ds = data::load(job.dataset, &job.data, Split::Train)?;
+    let held = HeldOut { seed: recipe.seed, fraction: recipe.val_fraction, limit_per_class: job.limit_per_class };
+    let (train_idx, val_idx) = crate::split::held_out(&ds, &job.classes, &held);
+    if train_idx.is_empty() && val_idx.is_empty() {
         bail!("no training images for classes {:?}", job.classes);
     }
-    let mut rng = Rng::new(recipe.seed);
-    // The same split `fit` re-derives to calibrate the "unknown" threshold
-    // on images the backbone never trained on (see `split::held_out`).
-    let labels: Vec<u16> = ds.samples.iter().map(|s| s.label).collect();
-    let (train_idx, val_idx) = crate::split::stratified(&labels, &job.classes, recipe.val_fraction, &mut rng);
 
     let mut state = if job.resume && state_path.exists() {
         let s: TrainState = serde_json::from_slice(&std::fs::read(&state_path)?).context("reading state.json")?;
@@ -282,7 +263,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         TrainState {
             dataset: job.dataset,
             classes: job.classes.clone(),
-            class_names: job.classes.iter().map(|&c| full.class_names[c as usize].clone()).collect(),
+            class_names: job.classes.iter().map(|&c| ds.class_names[c as usize].clone()).collect(),
             recipe: recipe.clone(),
             normalization: Normalization::of(&ds, &train_idx),
             epochs_done: 0,

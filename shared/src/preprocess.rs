@@ -25,6 +25,12 @@ pub fn input_len(p: &Preprocess) -> usize {
     p.channels as usize * p.height as usize * p.width as usize
 }
 
+/// The frame that needs no resizing: the backbone's input size and
+/// channels (what the host shrinks larger photos to).
+pub fn input_format(p: &Preprocess) -> FrameFormat {
+    FrameFormat { width: p.width, height: p.height, channels: p.channels }
+}
+
 /// Source coordinate and weight of output pixel `o` for a resize from `src`
 /// to `dst` samples (half-pixel centres, clamped at the borders).
 #[inline]
