@@ -459,6 +459,12 @@ pub enum TransformArg {
     TukeyCl2n,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NoveltyArg {
+    Distance,
+    OwnSpread,
+}
+
 /// The head's design, each part overriding the bundle's manifest (or the
 /// preset named by `--estimator`): the levers measured in bench/accuracy.md.
 #[derive(Args, Clone, Default)]
@@ -481,6 +487,12 @@ pub struct HeadArgs {
     /// (`on`), or score with the raw means (`off`, the seed's way).
     #[arg(long, value_enum)]
     debias: Option<Switch>,
+    /// What the "unknown" answer's novelty score measures: the distance to
+    /// the nearest class (`distance`), or that distance less the class's
+    /// spread beyond the pooled one (`own-spread`, so classes learned from a
+    /// few hundred frames keep the calibrated share of their images).
+    #[arg(long, value_enum)]
+    novelty: Option<NoveltyArg>,
     #[arg(long, value_enum)]
     transform: Option<TransformArg>,
     /// Backbone outputs whose concatenation is the feature vector, e.g.
@@ -511,6 +523,12 @@ impl HeadArgs {
         }
         if let Some(d) = self.debias {
             h.settings.debias = d == Switch::On;
+        }
+        if let Some(n) = self.novelty {
+            h.settings.novelty = match n {
+                NoveltyArg::Distance => gaussedge_shared::NoveltyScore::Distance,
+                NoveltyArg::OwnSpread => gaussedge_shared::NoveltyScore::OwnSpread,
+            };
         }
         if let Some(t) = self.transform {
             let tukey = Some(Power { shift: 0.3, exponent: 0.5 });
@@ -1342,17 +1360,35 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         novelty.auroc, novelty.tnr_at_95_tpr
     );
     if let Some(o) = last.last().and_then(|s| s.open_set.as_ref()) {
+        // Over every draw, as the closed-set figure above; per class, the first.
+        let opens: Vec<&eval::OpenSet> = stages.iter().filter_map(|s| s.last()?.open_set.as_ref()).collect();
+        let mean = |f: &dyn Fn(&eval::OpenSet) -> Option<f64>| {
+            let v: Vec<f64> = opens.iter().filter_map(|o| f(o)).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let accuracy = mean(&|o| Some(o.accuracy)).unwrap_or(o.accuracy);
+        let range = if opens.len() > 1 {
+            let acc = opens.iter().map(|o| o.accuracy);
+            format!(
+                " over {} draws (min {:.4}, max {:.4})",
+                opens.len(),
+                acc.clone().fold(f64::INFINITY, f64::min),
+                acc.fold(0.0, f64::max)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "final open-set accuracy {:.4} at threshold {:.3}: base-class images kept {:.4}, learned-class images kept {}",
-            o.accuracy,
+            "final open-set accuracy {accuracy:.4}{range} at threshold {:.3}: base-class images kept {:.4}, learned-class images kept {}",
             o.threshold,
-            o.old_kept,
-            o.new_kept.map_or("-".into(), |k| format!("{k:.4}"))
+            mean(&|o| Some(o.old_kept)).unwrap_or(o.old_kept),
+            mean(&|o| o.new_kept).map_or("-".into(), |k| format!("{k:.4}"))
         );
         let per: Vec<String> =
             o.kept_by_class.iter().map(|(c, k)| format!("{c} {}: {k:.4}", setup.labels.0[*c as usize])).collect();
         if !per.is_empty() {
-            println!("learned classes' test images kept: {}", per.join(", "));
+            let draw = if opens.len() > 1 { " (first draw)" } else { "" };
+            println!("learned classes' test images kept{draw}: {}", per.join(", "));
         }
     }
     let report = serde_json::json!({

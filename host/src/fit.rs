@@ -359,7 +359,9 @@ pub fn resolve_layers(onnx: &[u8], asked: &[String]) -> Result<Vec<String>> {
 /// The head design that won on both datasets (bench/accuracy.md): every
 /// MBConv block's pooled output (Lee et al.'s feature ensemble), centred on
 /// the base classes' mean and L2-normalised, the count-weighted pooled
-/// covariance with shrinkage 1e-5 of the mean variance, a uniform prior.
+/// covariance with shrinkage 1e-5 of the mean variance, a uniform prior,
+/// and novelty measured against each class's own spread (so classes learned
+/// on the device from a few hundred frames keep the calibrated share).
 ///
 /// 1e-6 scores 0.1-0.15 points higher with f64 statistics, but a bundle
 /// stores its accumulator in f32 (see `stats::Precision`), whose rounding
@@ -367,10 +369,15 @@ pub fn resolve_layers(onnx: &[u8], asked: &[String]) -> Result<Vec<String>> {
 /// backbone's bundle then failed to factor on load. 1e-5 leaves a margin
 /// of two orders of magnitude.
 pub fn recommended_head() -> HeadDefaults {
-    use gaussedge_shared::{HeadSettings, Prior, Regularizer, Weighting};
+    use gaussedge_shared::{HeadSettings, NoveltyScore, Prior, Regularizer, Weighting};
     HeadDefaults {
         weighting: Weighting::Count,
-        settings: HeadSettings { regularizer: Regularizer::Shrinkage(1e-5), prior: Prior::Uniform, debias: true },
+        settings: HeadSettings {
+            regularizer: Regularizer::Shrinkage(1e-5),
+            prior: Prior::Uniform,
+            debias: true,
+            novelty: NoveltyScore::OwnSpread,
+        },
         transform: Transform { power: None, center_l2: true },
     }
 }

@@ -15,7 +15,7 @@
 //! failure it refactors `factor` from the untouched `pooled`, so the head is
 //! exactly as before: `factor` is derived state and can always be rebuilt.
 
-use crate::config::{regularize, HeadSettings, Transform, Weighting};
+use crate::config::{regularize, HeadSettings, NoveltyScore, Transform, Weighting};
 use crate::linalg::{self, dot, row_start, tri_len, NotPositiveDefinite};
 use crate::moments::{chan_delta, welford_push};
 use core::ops::Range;
@@ -458,6 +458,22 @@ impl<S: Storage> GaussianHead<S> {
         self.storage.floats()[self.layout.noise()][slot]
     }
 
+    /// What [`NoveltyScore::OwnSpread`] subtracts from class `slot`'s
+    /// squared distances in the novelty score: the excess of its spread per
+    /// sample, `spread / (n - 1)`, over the pooled spread per sample of all
+    /// classes (0 for a class no wider than the pool, or under
+    /// [`NoveltyScore::Distance`]).
+    pub fn novelty_offset(&self, slot: usize) -> f64 {
+        let (f, slots) = self.storage.parts();
+        match (self.settings.novelty, slots.get(slot)) {
+            (NoveltyScore::OwnSpread, Some(s)) if s.active => {
+                let spread = &f[self.layout.spread()];
+                excess_spread(spread[slot], s.count, pooled_spread(slots, spread))
+            }
+            _ => 0.0,
+        }
+    }
+
     /// `|L^-1 (t(x) - m_slot)|^2` under the committed covariance: one
     /// sample's share of a class's [`spread`](Self::spread). With
     /// [`set_spread`](Self::set_spread) a host that still has a class's
@@ -839,7 +855,12 @@ impl<S: Storage> GaussianHead<S> {
     /// score per slot (`-inf` for empty slots).
     pub fn predict(&mut self, x: &[f32], scores: Option<&mut [f64]>) -> Result<Prediction, HeadError> {
         let l = self.layout;
-        let ctx = Ctx { transform: self.transform, factor: self.factor, factored: self.factored, novelty: true };
+        let ctx = Ctx {
+            transform: self.transform,
+            factor: self.factor,
+            factored: self.factored,
+            novelty: Some(self.settings.novelty),
+        };
         let (floats, slots) = self.storage.parts_mut();
         let (arena, scratch) = floats.split_at_mut(l.scratch().start);
         let (xt, y) = scratch.split_at_mut(l.dim);
@@ -851,7 +872,7 @@ impl<S: Storage> GaussianHead<S> {
     /// of the scores. `novelty` comes back as NaN.
     pub fn classify(&mut self, x: &[f32], scores: Option<&mut [f64]>) -> Result<Prediction, HeadError> {
         let l = self.layout;
-        let ctx = Ctx { transform: self.transform, factor: self.factor, factored: self.factored, novelty: false };
+        let ctx = Ctx { transform: self.transform, factor: self.factor, factored: self.factored, novelty: None };
         let (floats, slots) = self.storage.parts_mut();
         let (arena, scratch) = floats.split_at_mut(l.scratch().start);
         let (xt, y) = scratch.split_at_mut(l.dim);
@@ -871,7 +892,12 @@ impl<S: Storage> GaussianHead<S> {
             return Err(HeadError::DimMismatch { expected: 2 * l.dim, got: scratch.len() });
         }
         let (xt, y) = scratch.split_at_mut(l.dim);
-        let ctx = Ctx { transform: self.transform, factor: self.factor, factored: self.factored, novelty: true };
+        let ctx = Ctx {
+            transform: self.transform,
+            factor: self.factor,
+            factored: self.factored,
+            novelty: Some(self.settings.novelty),
+        };
         let (floats, slots) = self.storage.parts();
         predict_impl(&ctx, l, floats, slots, x, scores, xt, &mut y[..l.dim])
     }
@@ -950,12 +976,41 @@ fn rescale_spread(t: f64, rank: u64, z: f64, z_new: f64, k: f64) -> f64 {
     z_new * t / (z + k * t / r)
 }
 
+/// The head's spread per sample over every class with at least two samples:
+/// `sum spread_c / sum (n_c - 1)`, what a class the pooled covariance
+/// describes averages (about `D` for count weighting without regulariser).
+fn pooled_spread(slots: &[ClassSlot], spread: &[f64]) -> f64 {
+    let (mut total, mut dof) = (0.0, 0.0);
+    for (s, &v) in slots.iter().zip(spread) {
+        if s.active && s.count >= 2 {
+            total += v;
+            dof += (s.count - 1) as f64;
+        }
+    }
+    if dof > 0.0 {
+        total / dof
+    } else {
+        0.0
+    }
+}
+
+/// How far a class's own spread per sample exceeds `reference` (never
+/// negative: a class narrower than the pool keeps its distances).
+fn excess_spread(spread: f64, count: u64, reference: f64) -> f64 {
+    if count >= 2 {
+        (spread / (count - 1) as f64 - reference).max(0.0)
+    } else {
+        0.0
+    }
+}
+
 /// What prediction needs of the head besides its arena.
 struct Ctx {
     transform: Transform,
     factor: usize,
     factored: bool,
-    novelty: bool,
+    /// The novelty score to compute, if any.
+    novelty: Option<NoveltyScore>,
 }
 
 /// `f` is the float arena up to its scratch vectors; indices come from `l`.
@@ -981,13 +1036,20 @@ fn predict_impl(
     }
     ctx.transform.apply(x, &f[l.vector(CENTER)], xt);
     // ||L^-1 x||^2 for the novelty score.
-    let xx = if ctx.novelty {
+    let xx = if ctx.novelty.is_some() {
         y.copy_from_slice(xt);
         linalg::whitened_norm_sq(&f[l.tri(ctx.factor)], y)
     } else {
         f64::NAN
     };
     let (weights, quad, bias, noise) = (&f[l.weights()], &f[l.quad()], &f[l.bias()], &f[l.noise()]);
+    // Under `OwnSpread`, each class's distance is shifted by its excess
+    // spread over the pooled one (see `NoveltyScore::OwnSpread`).
+    let spread = &f[l.spread()];
+    let reference = match ctx.novelty {
+        Some(NoveltyScore::OwnSpread) => Some(pooled_spread(slots, spread)),
+        _ => None,
+    };
     let mut best = Prediction { class: usize::MAX, score: f64::NEG_INFINITY, novelty: f64::INFINITY };
     for (slot, s) in slots.iter().enumerate() {
         if !s.active {
@@ -1000,7 +1062,10 @@ fn predict_impl(
         }
         let wx = dot(&weights[slot * l.dim..(slot + 1) * l.dim], xt);
         let g = wx + bias[slot];
-        let maha = (xx - 2.0 * wx + quad[slot] - noise[slot]).max(0.0);
+        let mut maha = (xx - 2.0 * wx + quad[slot] - noise[slot]).max(0.0);
+        if let Some(r) = reference {
+            maha = (maha - excess_spread(spread[slot], s.count, r)).max(0.0);
+        }
         if let Some(out) = scores.as_deref_mut() {
             if let Some(o) = out.get_mut(slot) {
                 *o = g;
@@ -1012,7 +1077,7 @@ fn predict_impl(
         }
         best.novelty = best.novelty.min(maha);
     }
-    if !ctx.novelty {
+    if ctx.novelty.is_none() {
         best.novelty = f64::NAN;
     }
     Ok(best)

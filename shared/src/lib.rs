@@ -31,5 +31,5 @@ pub mod preprocess;
 pub mod stats;
 pub mod wire;
 
-pub use config::{Estimator, HeadSettings, Power, Prior, Regularizer, Transform, Weighting};
+pub use config::{Estimator, HeadSettings, NoveltyScore, Power, Prior, Regularizer, Transform, Weighting};
 pub use head::{label, ClassSlot, GaussianHead, HeadConfig, HeadError, Label, Layout, Prediction};

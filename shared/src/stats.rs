@@ -24,7 +24,7 @@
 //! then touches the head (see [`load`]), so a bad file never leaves a broken
 //! head behind.
 
-use crate::config::{HeadSettings, Transform, Weighting};
+use crate::config::{HeadSettings, NoveltyScore, Prior, Regularizer, Transform, Weighting};
 use crate::head::{GaussianHead, HeadError, Label, Storage, MAX_COUNT};
 use crate::linalg::tri_len;
 use core::fmt;
@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 4] = *b"GEHS";
 /// Version 2 added [`StatsHeader::scatter_precision`]; version 3 added
 /// [`ClassRecord::spread`] and [`HeadSettings::debias`]; version 4 added
-/// [`StatsHeader::novelty_threshold`].
-pub const VERSION: u16 = 4;
+/// [`StatsHeader::novelty_threshold`]; version 5 added
+/// [`HeadSettings::novelty`].
+pub const VERSION: u16 = 5;
 /// The oldest version this build still reads (a device's slots written by
 /// the previous firmware must survive an update; they read as uncalibrated).
 pub const MIN_VERSION: u16 = 3;
@@ -120,6 +121,21 @@ pub struct StatsHeader {
     pub novelty_threshold: f64,
 }
 
+/// The head settings of version 3 and 4 files, which scored novelty by
+/// distance alone.
+#[derive(Deserialize)]
+struct SettingsV4 {
+    regularizer: Regularizer,
+    prior: Prior,
+    debias: bool,
+}
+
+impl From<SettingsV4> for HeadSettings {
+    fn from(s: SettingsV4) -> Self {
+        HeadSettings { regularizer: s.regularizer, prior: s.prior, debias: s.debias, novelty: NoveltyScore::Distance }
+    }
+}
+
 /// The header of version 3 files, which had no threshold.
 #[derive(Deserialize)]
 struct HeaderV3 {
@@ -127,7 +143,7 @@ struct HeaderV3 {
     capacity: u32,
     classes: u32,
     weighting: Weighting,
-    settings: HeadSettings,
+    settings: SettingsV4,
     transform: Transform,
     scatter_norm: f64,
     backbone_sha256: [u8; 32],
@@ -137,7 +153,7 @@ struct HeaderV3 {
 
 impl From<HeaderV3> for StatsHeader {
     fn from(h: HeaderV3) -> Self {
-        StatsHeader {
+        HeaderV4 {
             dim: h.dim,
             capacity: h.capacity,
             classes: h.classes,
@@ -149,6 +165,41 @@ impl From<HeaderV3> for StatsHeader {
             preprocess: h.preprocess,
             scatter_precision: h.scatter_precision,
             novelty_threshold: f64::INFINITY,
+        }
+        .into()
+    }
+}
+
+/// The header of version 4 files, whose settings had no novelty score.
+#[derive(Deserialize)]
+struct HeaderV4 {
+    dim: u32,
+    capacity: u32,
+    classes: u32,
+    weighting: Weighting,
+    settings: SettingsV4,
+    transform: Transform,
+    scatter_norm: f64,
+    backbone_sha256: [u8; 32],
+    preprocess: Preprocess,
+    scatter_precision: Precision,
+    novelty_threshold: f64,
+}
+
+impl From<HeaderV4> for StatsHeader {
+    fn from(h: HeaderV4) -> Self {
+        StatsHeader {
+            dim: h.dim,
+            capacity: h.capacity,
+            classes: h.classes,
+            weighting: h.weighting,
+            settings: h.settings.into(),
+            transform: h.transform,
+            scatter_norm: h.scatter_norm,
+            backbone_sha256: h.backbone_sha256,
+            preprocess: h.preprocess,
+            scatter_precision: h.scatter_precision,
+            novelty_threshold: h.novelty_threshold,
         }
     }
 }
@@ -548,6 +599,9 @@ fn parse_header(body: &[u8]) -> Result<(StatsHeader, &[u8]), StatsError> {
     let bad = |_| StatsError::Malformed("header");
     if version == 3 {
         let (h, rest) = postcard::take_from_bytes::<HeaderV3>(&body[PREFIX..]).map_err(bad)?;
+        Ok((h.into(), rest))
+    } else if version == 4 {
+        let (h, rest) = postcard::take_from_bytes::<HeaderV4>(&body[PREFIX..]).map_err(bad)?;
         Ok((h.into(), rest))
     } else {
         postcard::take_from_bytes::<StatsHeader>(&body[PREFIX..]).map_err(bad)

@@ -27,8 +27,9 @@ use crate::stats::Preprocess;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
-/// Version 3 carries error details of up to [`MAX_DETAIL`] bytes (was 64).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 3 carries error details of up to [`MAX_DETAIL`] bytes (was 64);
+/// version 4 carries [`HeadSettings::novelty`] in settings.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest data chunk in one message. 4 KiB holds a CIFAR (3 KiB) or
 /// Fashion-MNIST (784 B) frame in a single message.
 pub const MAX_CHUNK: usize = 4096;

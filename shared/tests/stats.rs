@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use gaussedge_shared::config::{Estimator, HeadSettings, Power, Prior, Regularizer, Transform, Weighting};
+use gaussedge_shared::config::{
+    Estimator, HeadSettings, NoveltyScore, Power, Prior, Regularizer, Transform, Weighting,
+};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, HeadError, OwnedStorage};
 use gaussedge_shared::stats::{self, Expect, Precision, Preprocess, StatsError, StatsMeta};
 
@@ -233,12 +235,12 @@ fn mismatches_are_named() {
     assert!(err.to_string().contains("0707"), "{err}");
     // Version 1 lacked the accumulator's precision, version 2 the class
     // spreads; a future version may change anything.
-    for version in [1u16, 2, 5] {
+    for version in [1u16, 2, 6] {
         let mut other = bytes.clone();
         other[4..6].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
             stats::load(&mut t, &other, &Expect::default()),
-            Err(StatsError::UnsupportedVersion { found: version, supported: 4 })
+            Err(StatsError::UnsupportedVersion { found: version, supported: stats::VERSION })
         );
     }
     assert!(matches!(
@@ -251,7 +253,12 @@ fn mismatches_are_named() {
 fn a_file_that_cannot_be_factored_leaves_the_head_unchanged() {
     // Rank-deficient statistics saved without regularisation.
     let dim = 4;
-    let bare = HeadSettings { regularizer: Regularizer::Shrinkage(0.0), prior: Prior::Uniform, debias: true };
+    let bare = HeadSettings {
+        regularizer: Regularizer::Shrinkage(0.0),
+        prior: Prior::Uniform,
+        debias: true,
+        novelty: NoveltyScore::OwnSpread,
+    };
     let mut h = head(dim, 2, Weighting::Count, Estimator::Pooled.settings());
     let flat: Vec<Vec<f32>> = (0..6).map(|i| vec![i as f32, 1.0, 2.0, 3.0]).collect();
     h.begin(gaussedge_shared::label("flat").unwrap()).unwrap();
@@ -284,30 +291,78 @@ fn saving_or_loading_mid_learning_is_refused() {
     assert_eq!(h.learning(), Some(("new", 0)));
 }
 
+/// The header as version 3 and 4 files wrote it: settings without a
+/// novelty score, and (version 4) a threshold.
+#[derive(serde::Serialize)]
+struct OldHeader {
+    dim: u32,
+    capacity: u32,
+    classes: u32,
+    weighting: Weighting,
+    settings: (Regularizer, Prior, bool),
+    transform: Transform,
+    scatter_norm: f64,
+    backbone_sha256: [u8; 32],
+    preprocess: Preprocess,
+    scatter_precision: Precision,
+}
+
+/// `bytes` (a current file) rewritten as `version` wrote it.
+fn as_version(bytes: &[u8], version: u16) -> Vec<u8> {
+    let h = stats::read_header(bytes).unwrap();
+    let header_len = postcard::to_allocvec(&h).unwrap().len();
+    let s = h.settings;
+    let old = OldHeader {
+        dim: h.dim,
+        capacity: h.capacity,
+        classes: h.classes,
+        weighting: h.weighting,
+        settings: (s.regularizer, s.prior, s.debias),
+        transform: h.transform,
+        scatter_norm: h.scatter_norm,
+        backbone_sha256: h.backbone_sha256,
+        preprocess: h.preprocess,
+        scatter_precision: h.scatter_precision,
+    };
+    let mut header = postcard::to_allocvec(&old).unwrap();
+    if version == 4 {
+        header.extend_from_slice(&postcard::to_allocvec(&h.novelty_threshold).unwrap());
+    }
+    let mut out = [&bytes[..14], &header[..], &bytes[14 + header_len..]].concat();
+    out[4..6].copy_from_slice(&version.to_le_bytes());
+    let len = out.len() as u64;
+    out[6..14].copy_from_slice(&len.to_le_bytes());
+    fix_crc(&mut out);
+    out
+}
+
 #[test]
-fn the_threshold_travels_with_the_statistics_and_version_3_files_still_load_uncalibrated() {
-    let h = small_head(5, &[20, 15], 4, Transform::IDENTITY);
+fn the_threshold_and_novelty_score_travel_with_the_statistics_and_older_files_still_load() {
+    let mut h = small_head(5, &[20, 15], 4, Transform::IDENTITY);
+    let own = HeadSettings { novelty: NoveltyScore::OwnSpread, ..h.settings() };
+    h.set_settings(own).unwrap();
     let t = 1234.5678f64;
     let with = StatsMeta { novelty_threshold: t, ..meta() };
     let bytes = stats::to_vec(&h, &with).unwrap();
-    assert_eq!(stats::read_header(&bytes).unwrap().novelty_threshold, t);
+    let header = stats::read_header(&bytes).unwrap();
+    assert_eq!((header.novelty_threshold, header.settings.novelty), (t, NoveltyScore::OwnSpread));
     assert_eq!(stats::read_header(&stats::to_vec(&h, &meta()).unwrap()).unwrap().novelty_threshold, f64::INFINITY);
 
-    // The same file as the previous firmware wrote it: version 3, no
-    // threshold in the header.
-    let at = bytes.windows(8).position(|w| w == t.to_le_bytes()).expect("threshold bytes");
-    let mut v3 = [&bytes[..at], &bytes[at + 8..]].concat();
-    v3[4..6].copy_from_slice(&3u16.to_le_bytes());
-    let len = v3.len() as u64;
-    v3[6..14].copy_from_slice(&len.to_le_bytes());
-    fix_crc(&mut v3);
-    let mut back = fresh(5, 4);
-    let header = stats::load(&mut back, &v3, &Expect { backbone_sha256: Some(SHA) }).unwrap();
-    assert_eq!((header.classes, header.novelty_threshold), (2, f64::INFINITY));
-    assert_eq!(back.mean(0), h.mean(0));
+    // The same file as earlier firmware wrote it: version 4 (a threshold,
+    // distance as the score) and version 3 (no threshold: never unknown).
+    for (version, threshold) in [(4u16, t), (3, f64::INFINITY)] {
+        let old = as_version(&bytes, version);
+        let mut back = fresh(5, 4);
+        let header = stats::load(&mut back, &old, &Expect { backbone_sha256: Some(SHA) }).unwrap();
+        assert_eq!((header.classes, header.novelty_threshold), (2, threshold), "{version}");
+        assert_eq!(header.settings, HeadSettings { novelty: NoveltyScore::Distance, ..own }, "{version}");
+        assert_eq!(back.settings().novelty, NoveltyScore::Distance);
+        assert_eq!(back.mean(0), h.mean(0));
+    }
 
     // Older and newer versions, and thresholds that are not scores, are refused.
-    for version in [2u16, 5] {
+    let at = bytes.windows(8).position(|w| w == t.to_le_bytes()).expect("threshold bytes");
+    for version in [2u16, 6] {
         let mut b = bytes.clone();
         b[4..6].copy_from_slice(&version.to_le_bytes());
         fix_crc(&mut b);
