@@ -39,6 +39,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The fleet tests start their own MQTT broker on a loopback port: Debian's
+# Mosquitto, the reference broker. Without it they say so and skip.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  log "apt-get install mosquitto (the fleet tests' broker)"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null; } \
+    || log "mosquitto could not be installed here: the fleet's broker tests will be skipped"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup.sh: cargo not found; install Rust (rustup) first" >&2
   exit 1

@@ -64,6 +64,9 @@ enum Command {
     },
     /// Exact merge of statistics learned on different devices.
     Merge(MergeArgs),
+    /// Fleets over an MQTT broker: the merger, the fleet's state, forgets.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// The seed's protocol: base head, then classes added one at a time.
     Eval(EvalArgs),
     /// The end-to-end demo: simulator on a PTY, classes learned on the device.
@@ -576,6 +579,7 @@ pub fn main() -> Result<()> {
         #[cfg(feature = "train")]
         Command::BenchTrain { size, batch, steps, threads, cuda } => bench_train(size, batch, steps, threads, cuda),
         Command::Merge(a) => merge(a),
+        Command::Fleet(c) => fleet_cmd(c),
         Command::Eval(a) => eval_cmd(a),
         Command::Demo(a) => crate::demo::run(a.data.dataset, &a.data.dir()?, a.bundle, a.shots, &a.json, &a.plot),
         Command::Info { port, json } => {
@@ -1492,4 +1496,87 @@ fn bench_train(size: i64, batch: i64, steps: usize, threads: i32, cuda: bool) ->
         serde_json::json!({"impl": "tch", "device": format!("{device:?}"), "train_img_s": train, "forward_img_s": forward, "size": size, "batch": batch, "threads": threads})
     );
     Ok(())
+}
+
+/// Where a fleet member finds its broker and fleet.
+#[derive(Args, Clone)]
+pub struct FleetArgs {
+    /// The MQTT broker: mqtt://HOST:PORT (any MQTT 3.1.1 broker).
+    #[arg(long)]
+    broker: crate::fleet::Broker,
+    /// The fleet's name: its topics live under gaussedge/NAME/.
+    #[arg(long)]
+    fleet: String,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Keep the fleet head: the exact merge of every device's statistics
+    /// over the shared base, published retained; runs until interrupted.
+    Merge {
+        #[command(flatten)]
+        at: FleetArgs,
+        /// The base bundle every device started from (its head.stats).
+        #[arg(long, conflicts_with = "base")]
+        bundle: Option<PathBuf>,
+        /// Or the base statistics file itself.
+        #[arg(long)]
+        base: Option<PathBuf>,
+    },
+    /// Devices seen, their classes and generations, the fleet head.
+    Status {
+        #[command(flatten)]
+        at: FleetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a class fleet-wide.
+    Forget {
+        label: String,
+        #[command(flatten)]
+        at: FleetArgs,
+    },
+}
+
+fn fleet_cmd(c: FleetCommand) -> Result<()> {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+    match c {
+        FleetCommand::Merge { at, bundle, base } => {
+            let path = match (bundle, base) {
+                (Some(b), None) => b.join("head.stats"),
+                (None, Some(p)) => p,
+                _ => anyhow::bail!("give the base as --bundle DIR or --base FILE"),
+            };
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            eprintln!(
+                "merger for fleet {:?} on {}:{}, base {}",
+                at.fleet,
+                at.broker.host,
+                at.broker.port,
+                path.display()
+            );
+            crate::fleet::run_merger(&at.broker, &at.fleet, &bytes, &stop)
+        }
+        FleetCommand::Status { at, json } => {
+            let snap =
+                crate::fleet::snapshot(&at.broker, &at.fleet, Duration::from_millis(500), Duration::from_secs(15))?;
+            let status = crate::fleet::status(&snap)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::fleet::render_status(&status));
+            }
+            Ok(())
+        }
+        FleetCommand::Forget { label, at } => {
+            let id = crate::fleet::forget(&at.broker, &at.fleet, &label)?;
+            println!("fleet {:?}: forget {id} of {label:?} published", at.fleet);
+            Ok(())
+        }
+    }
 }

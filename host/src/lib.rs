@@ -10,6 +10,7 @@ pub mod client;
 pub mod demo;
 pub mod eval;
 pub mod fit;
+pub mod fleet;
 pub mod merge;
 #[cfg(feature = "train")]
 pub mod net;
