@@ -1500,7 +1500,7 @@ fn bench_train(size: i64, batch: i64, steps: usize, threads: i32, cuda: bool) ->
 
 /// Where a fleet member finds its broker and fleet.
 #[derive(Args, Clone)]
-pub struct FleetArgs {
+struct FleetArgs {
     /// The MQTT broker: mqtt://HOST:PORT (any MQTT 3.1.1 broker).
     #[arg(long)]
     broker: crate::fleet::Broker,
@@ -1510,7 +1510,7 @@ pub struct FleetArgs {
 }
 
 #[derive(Subcommand)]
-pub enum FleetCommand {
+enum FleetCommand {
     /// Keep the fleet head: the exact merge of every device's statistics
     /// over the shared base, published retained; runs until interrupted.
     Merge {
@@ -1522,6 +1522,23 @@ pub enum FleetCommand {
         /// Or the base statistics file itself.
         #[arg(long)]
         base: Option<PathBuf>,
+    },
+    /// Run beside a device: publish what it learns, push it the fleet head;
+    /// runs until interrupted.
+    Agent {
+        #[command(flatten)]
+        at: FleetArgs,
+        #[command(flatten)]
+        port: PortArgs,
+        /// This device's id in the fleet (one topic level).
+        #[arg(long)]
+        device: String,
+        /// The fleet's base bundle (what the device was flashed with).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Where the agent keeps its state (default: $GAUSSEDGE_CACHE/fleet/FLEET/DEVICE).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Devices seen, their classes and generations, the fleet head.
     Status {
@@ -1561,6 +1578,19 @@ fn fleet_cmd(c: FleetCommand) -> Result<()> {
                 path.display()
             );
             crate::fleet::run_merger(&at.broker, &at.fleet, &bytes, &stop)
+        }
+        FleetCommand::Agent { at, port, device, bundle, state } => {
+            let base =
+                std::fs::read(bundle.join("head.stats")).with_context(|| format!("reading {}", bundle.display()))?;
+            let dir = state.unwrap_or_else(|| crate::fit::cache_dir().join("fleet").join(&at.fleet).join(&device));
+            let mut client = port.connect()?;
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let mut agent = crate::fleet::Agent::new(&mut client, &at.fleet, &device, &base, &dir)?;
+            eprintln!("agent for device {device:?} of fleet {:?} on {}:{}", at.fleet, at.broker.host, at.broker.port);
+            agent.run(&at.broker, &stop)
         }
         FleetCommand::Status { at, json } => {
             let snap =

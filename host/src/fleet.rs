@@ -344,3 +344,238 @@ pub fn render_status(s: &Status) -> String {
     }
     out
 }
+
+/// What an agent keeps in its state folder between runs, so a restarted
+/// agent neither loses nor repeats what its device contributed.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct AgentState {
+    /// Generation of the agent's latest published message.
+    published: u64,
+    /// The device's persistence generation last read.
+    seen: Option<u64>,
+    /// Newest fleet forget applied to the device.
+    forgets_applied: u64,
+}
+
+/// The agent beside one device: publishes the device's contribution after
+/// each commit or forget on it, applies fleet forgets, and pushes the fleet
+/// head to the device once the head includes everything the device itself
+/// contributed (so a push never takes a class away from it). State lives in
+/// `state` (`agent.json`, `parent.stats`: the head the device last started
+/// from, `carried.bin`: the contribution that head included, `last.msg`).
+pub struct Agent<'a> {
+    device: &'a mut crate::client::Client,
+    id: String,
+    topics: Topics,
+    dir: std::path::PathBuf,
+    base: gaussedge_fleet::Summary,
+    ctx: gaussedge_fleet::Context,
+    state: AgentState,
+    parent: Option<Vec<u8>>,
+    carried: gaussedge_fleet::Summary,
+}
+
+impl<'a> Agent<'a> {
+    pub fn new(
+        device: &'a mut crate::client::Client,
+        fleet: &str,
+        id: &str,
+        base_stats: &[u8],
+        dir: &std::path::Path,
+    ) -> Result<Agent<'a>> {
+        let topics = topics(fleet)?;
+        topics.device(id).with_context(|| format!("device id {id:?} cannot be an MQTT topic level"))?;
+        let ledger = Ledger::new(base_stats)?;
+        let info = device.hello()?;
+        if info.backbone_sha256 != ledger.context().backbone_sha256 || info.dim != ledger.context().dim {
+            bail!("the device runs another backbone or feature size than the fleet's base");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let state = match std::fs::read(dir.join("agent.json")) {
+            Ok(b) => serde_json::from_slice(&b).context("agent.json")?,
+            Err(_) => AgentState::default(),
+        };
+        let parent = std::fs::read(dir.join("parent.stats")).ok();
+        let carried = match std::fs::read(dir.join("carried.bin")) {
+            Ok(b) => gaussedge_fleet::Summary::from_bytes(&b)?.1,
+            Err(_) => gaussedge_fleet::Summary::empty(ledger.context().dim as usize),
+        };
+        Ok(Agent {
+            device,
+            id: id.to_string(),
+            topics,
+            dir: dir.to_path_buf(),
+            base: ledger.base().clone(),
+            ctx: *ledger.context(),
+            state,
+            parent,
+            carried,
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        crate::util::write_atomic(&self.dir.join("carried.bin"), &self.carried.to_bytes(&self.ctx))?;
+        if let Some(p) = &self.parent {
+            crate::util::write_atomic(&self.dir.join("parent.stats"), p)?;
+        }
+        crate::util::write_atomic(&self.dir.join("agent.json"), &serde_json::to_vec(&self.state)?)
+    }
+
+    fn parent_summary(&self) -> Result<gaussedge_fleet::Summary> {
+        Ok(match &self.parent {
+            Some(p) => gaussedge_fleet::Summary::of_head(&open_stats(p)?),
+            None => self.base.clone(),
+        })
+    }
+
+    /// Everything the device learned beyond the base: what its last fleet
+    /// head included, plus what it learned since that head.
+    fn contribution(&self, device_stats: &[u8]) -> Result<gaussedge_fleet::Summary> {
+        let now = gaussedge_fleet::Summary::of_head(&open_stats(device_stats)?);
+        let mut c = self.carried.clone();
+        c.add(&now.since(&self.parent_summary()?)?)?;
+        Ok(c)
+    }
+
+    /// Reads the device; publishes a new contribution if it changed.
+    /// `Some(message)` to publish.
+    fn poll_device(&mut self) -> Result<Option<Vec<u8>>> {
+        let info = self.device.hello()?;
+        if info.learning.is_some() || self.state.seen == Some(info.generation) {
+            return Ok(None);
+        }
+        let stats = self.device.pull_stats()?;
+        let summary = self.contribution(&stats)?;
+        self.state.published += 1;
+        self.state.seen = Some(info.generation);
+        let msg = message::encode(&DeviceMessage {
+            device: self.id.clone(),
+            generation: self.state.published,
+            forgets_applied: self.state.forgets_applied,
+            parent: self.parent.as_ref().map(|p| sha256(p)),
+            summary: summary.to_bytes(&self.ctx),
+        });
+        crate::util::write_atomic(&self.dir.join("last.msg"), &msg)?;
+        self.save()?;
+        Ok(Some(msg))
+    }
+
+    /// Applies fleet forgets newer than the device's.
+    fn apply_forgets(&mut self, f: &Forgets) -> Result<()> {
+        let mut list = f.forgets.clone();
+        list.sort();
+        let applied = self.state.forgets_applied;
+        for (id, label) in list.into_iter().filter(|(id, _)| *id > applied) {
+            if let Some(l) = gaussedge_shared::label(&label) {
+                match self.device.forget(l) {
+                    Ok(()) => {}
+                    Err(crate::client::ClientError::Device {
+                        code: gaussedge_shared::wire::ErrorCode::UnknownClass,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.carried.forget(&label);
+            self.state.forgets_applied = id;
+            // The device's generation moved: the next poll republishes.
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Pushes `head` to the device if it is new to it and includes all the
+    /// device contributed, and nothing happened on the device since.
+    fn take_head(&mut self, head: &HeadMessage) -> Result<bool> {
+        if self.parent.as_ref().is_some_and(|p| sha256(p) == head.sha256) || sha256(&head.stats) != head.sha256 {
+            return Ok(false);
+        }
+        let mine = head.included.iter().find(|(d, _)| *d == self.id).map_or(0, |(_, g)| *g);
+        if mine < self.state.published || head.forgets < self.state.forgets_applied {
+            return Ok(false);
+        }
+        let info = self.device.hello()?;
+        if info.learning.is_some() || self.state.seen.is_some_and(|g| g != info.generation) {
+            return Ok(false); // the device learned meanwhile: publish that first
+        }
+        let ours =
+            match std::fs::read(self.dir.join("last.msg")).ok().and_then(|b| message::decode::<DeviceMessage>(&b)) {
+                Some(m) => gaussedge_fleet::Summary::from_bytes(&m.summary)?.1,
+                None => gaussedge_fleet::Summary::empty(self.ctx.dim as usize),
+            };
+        open_stats(&head.stats)?;
+        self.device.push_stats(&head.stats)?;
+        self.parent = Some(head.stats.clone());
+        self.carried = ours;
+        self.state.seen = Some(self.device.hello()?.generation);
+        self.save()?;
+        Ok(true)
+    }
+
+    /// Runs until `stop`, reconnecting to the broker as needed.
+    pub fn run(&mut self, broker: &Broker, stop: &AtomicBool) -> Result<()> {
+        let (client, mut conn) = connect(broker, &format!("gaussedge-agent-{}", self.id));
+        let mut head: Option<HeadMessage> = None;
+        let mut forgets: Option<Forgets> = None;
+        let mut connected = false;
+        let mut last_poll = Instant::now() - Duration::from_secs(1);
+        let topic = self.topics.device(&self.id).expect("checked in new");
+        while !stop.load(Ordering::Relaxed) {
+            match conn.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    connected = true;
+                    client.subscribe(self.topics.head(), QoS::AtLeastOnce)?;
+                    client.subscribe(self.topics.forgets(), QoS::AtLeastOnce)?;
+                    // The broker may have lost it: publish the latest again.
+                    if let Ok(msg) = std::fs::read(self.dir.join("last.msg")) {
+                        client.publish(topic.clone(), QoS::AtLeastOnce, true, msg)?;
+                    }
+                }
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    if p.topic == self.topics.head() {
+                        head = message::decode(&p.payload);
+                    } else if p.topic == self.topics.forgets() {
+                        forgets = message::decode(&p.payload);
+                    }
+                }
+                Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
+                Ok(Err(e)) => {
+                    if connected {
+                        eprintln!("agent {}: broker connection lost ({e}); reconnecting", self.id);
+                    }
+                    connected = false;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("agent: client closed"),
+            }
+            if !connected || last_poll.elapsed() < Duration::from_millis(250) {
+                continue;
+            }
+            last_poll = Instant::now();
+            if let Some(f) = forgets.take() {
+                self.apply_forgets(&f)?;
+            }
+            if let Some(msg) = self.poll_device()? {
+                eprintln!("agent {}: published generation {}", self.id, self.state.published);
+                client.publish(topic.clone(), QoS::AtLeastOnce, true, msg)?;
+            }
+            if let Some(h) = &head {
+                if self.take_head(h)? {
+                    eprintln!("agent {}: device took fleet head generation {}", self.id, h.generation);
+                }
+            }
+        }
+        let _ = client.disconnect();
+        Ok(())
+    }
+}
+
+fn open_stats(bytes: &[u8]) -> Result<gaussedge_shared::head::GaussianHead<gaussedge_shared::head::OwnedStorage>> {
+    let classes = gaussedge_shared::stats::read_header(bytes)?.classes as usize;
+    Ok(gaussedge_shared::head::GaussianHead::from_stats(bytes, classes.max(1), &Default::default())?.0)
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}

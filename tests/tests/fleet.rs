@@ -294,3 +294,143 @@ fn a_fleet_over_mosquitto_merges_exactly_and_survives_restarts_duplicates_and_a_
     merge.kill().unwrap();
     merge.wait().unwrap();
 }
+
+/// Agents beside three simulated devices over real PTYs: each device
+/// learns its own classes (one class on two of them), the agents publish,
+/// the merger merges, the agents push the fleet head, and every device ends
+/// with what one device that learned every sample holds. Then, with the
+/// agents stopped (devices offline), one device learns more; when they come
+/// back the change reaches all.
+#[test]
+fn agents_beside_three_devices_share_what_each_learned() {
+    use gaussedge_shared::stats::read_header;
+    if mosquitto().is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have Mosquitto (scripts/setup.sh installs it)");
+        eprintln!("skipped: no mosquitto here (apt-get install mosquitto)");
+        return;
+    }
+    let f = gaussedge_tests::fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port);
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let broker = Broker { host: "127.0.0.1".into(), port };
+    let train = gaussedge_tests::dataset(gaussedge_data::Split::Train);
+    let frames = |class: u16, range: std::ops::Range<usize>| -> Vec<usize> {
+        train.indices_of(class).into_iter().skip(range.start).take(range.len()).collect()
+    };
+    let send = |c: &mut gaussedge_host::client::Client, name: &str, idx: &[usize]| {
+        c.begin_class(gaussedge_tests::label(name), false).unwrap();
+        for &i in idx {
+            c.learn(train.samples[i].format, &train.samples[i].pixels).unwrap();
+        }
+        c.commit().unwrap();
+    };
+    let capture = |c: &mut gaussedge_host::client::Client, name: &str, class: u16, n: u32| {
+        c.begin_class(gaussedge_tests::label(name), false).unwrap();
+        c.capture(n, Some(class)).unwrap();
+        c.commit().unwrap();
+    };
+    let sims: Vec<_> = (0..4).map(|i| gaussedge_tests::start(&dir.path().join(format!("dev{i}")), &[])).collect();
+    {
+        let mut c: Vec<_> = sims.iter().map(gaussedge_tests::connect).collect();
+        send(&mut c[0], "cat", &frames(3, 0..20));
+        send(&mut c[1], "cat", &frames(3, 20..40));
+        capture(&mut c[1], "deer", 4, 15);
+        capture(&mut c[2], "dog", 5, 12);
+        // The reference: one device that learned every sample.
+        send(&mut c[3], "cat", &frames(3, 0..40));
+        capture(&mut c[3], "deer", 4, 15);
+        capture(&mut c[3], "dog", 5, 12);
+    }
+
+    let mut merge = merger_of(&url, &f.bundle, &dir.path().join("merger.log"));
+    let agents = |round: usize| -> Vec<Child> {
+        (0..3)
+            .map(|i| {
+                Command::new(gaussedge_tests::host_binary())
+                    .args(["fleet", "agent", "--broker", &url, "--fleet", "shop", "--device", &format!("d{i}")])
+                    .arg("--bundle")
+                    .arg(&f.bundle)
+                    .args(["--port", &sims[i].path])
+                    .arg("--state")
+                    .arg(dir.path().join(format!("agent{i}")))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.path().join(format!("agent{i}-{round}.log"))).unwrap())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // Settled: the head includes every device's latest message, and every
+    // agent's device started from that head.
+    let settled = |classes: u32| -> HeadMessage {
+        let start = Instant::now();
+        loop {
+            let snap = net::snapshot(&broker, "shop", Duration::from_millis(200), Duration::from_secs(10)).unwrap();
+            if let Some(h) = snap.head {
+                let all_in = snap.devices.len() == 3
+                    && snap.devices.values().all(|m| h.included.contains(&(m.device.clone(), m.generation)));
+                let taken = (0..3).all(|i| {
+                    std::fs::read(dir.path().join(format!("agent{i}/parent.stats"))).is_ok_and(|p| p == h.stats)
+                });
+                if all_in && taken && read_header(&h.stats).unwrap().classes == classes {
+                    return h;
+                }
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                for log in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                    if log.path().extension().is_some_and(|e| e == "log") {
+                        eprintln!("{}:\n{}", log.path().display(), std::fs::read_to_string(log.path()).unwrap());
+                    }
+                }
+                panic!("the fleet did not settle");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let stop = |agents: Vec<Child>| {
+        for mut a in agents {
+            unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+            assert!(a.wait().unwrap().success());
+        }
+    };
+    let check = |expect: usize| {
+        let mut c: Vec<_> = sims.iter().map(gaussedge_tests::connect).collect();
+        let reference = load(&c[3].pull_stats().unwrap());
+        assert_eq!(reference.class_count(), expect);
+        for dev in c.iter_mut().take(3) {
+            assert_same(&load(&dev.pull_stats().unwrap()), &reference);
+        }
+    };
+
+    let round = agents(0);
+    settled(6);
+    stop(round);
+    check(6);
+
+    // Offline, device 0 learns frog from its camera; the reference too.
+    {
+        let mut c0 = gaussedge_tests::connect(&sims[0]);
+        capture(&mut c0, "frog", 6, 10);
+        let mut c3 = gaussedge_tests::connect(&sims[3]);
+        capture(&mut c3, "frog", 6, 10);
+    }
+    let round = agents(1);
+    settled(7);
+    stop(round);
+    check(7);
+
+    merge.kill().unwrap();
+    merge.wait().unwrap();
+}
+
+fn merger_of(url: &str, bundle: &Path, log: &Path) -> Child {
+    Command::new(gaussedge_tests::host_binary())
+        .args(["fleet", "merge", "--broker", url, "--fleet", "shop", "--bundle"])
+        .arg(bundle)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
