@@ -235,6 +235,10 @@ struct DemoArgs {
     json: PathBuf,
     #[arg(long, default_value = "out/demo.png")]
     plot: PathBuf,
+    /// Three devices sharing what they learn through an MQTT broker
+    /// (Mosquitto on a loopback port) instead of one; writes out/fleet.json.
+    #[arg(long)]
+    fleet: bool,
 }
 
 #[derive(Args, Clone)]
@@ -581,6 +585,10 @@ pub fn main() -> Result<()> {
         Command::Merge(a) => merge(a),
         Command::Fleet(c) => fleet_cmd(c),
         Command::Eval(a) => eval_cmd(a),
+        Command::Demo(a) if a.fleet => {
+            let json = if a.json == Path::new("out/demo.json") { PathBuf::from("out/fleet.json") } else { a.json };
+            crate::demo::run_fleet(a.data.dataset, &a.data.dir()?, a.bundle, a.shots, &json)
+        }
         Command::Demo(a) => crate::demo::run(a.data.dataset, &a.data.dir()?, a.bundle, a.shots, &a.json, &a.plot),
         Command::Info { port, json } => {
             let mut c = port.connect()?;
@@ -1590,7 +1598,7 @@ fn fleet_cmd(c: FleetCommand) -> Result<()> {
             }
             let mut agent = crate::fleet::Agent::new(&mut client, &at.fleet, &device, &base, &dir)?;
             eprintln!("agent for device {device:?} of fleet {:?} on {}:{}", at.fleet, at.broker.host, at.broker.port);
-            agent.run(&at.broker, &stop)
+            agent.run(&mut client, &at.broker, &stop)
         }
         FleetCommand::Status { at, json } => {
             let snap =

@@ -326,3 +326,199 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
     let _ = std::fs::remove_dir_all(&state);
     Ok(())
 }
+
+/// `gaussedge demo --fleet`: three simulated devices on pseudo-terminals,
+/// each with its agent, a merger and Mosquitto on a loopback port. The
+/// devices learn classes 5-9 from their cameras, one class on two of them;
+/// after each commit the demo measures how long until the class answers on
+/// the other two devices, and at the end checks every device holds the same
+/// head and scores it on the test set.
+pub fn run_fleet(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, json: &Path) -> Result<()> {
+    use crate::fleet::{Agent, Broker};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let started = Instant::now();
+    let bundle = bundle.unwrap_or_else(|| PathBuf::from(format!("models/{}-b0-base5", kind.name())));
+    let mosquitto = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("demo --fleet needs an MQTT broker: apt-get install mosquitto (scripts/setup.sh does)")?;
+    let setup = Setup::load(&bundle, None, kind, dir, true)?;
+    let base: Vec<u16> = setup.bundle.manifest.base_classes.clone();
+    let root = std::env::temp_dir().join(format!("gaussedge-fleet-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+
+    // The broker, on a free loopback port, persisting nothing.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = root.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _broker =
+        Killed(Command::new(&mosquitto).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("mosquitto did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let broker = Broker { host: "127.0.0.1".into(), port };
+    eprintln!("mosquitto on 127.0.0.1:{port}");
+
+    let base_stats = std::fs::read(bundle.join("head.stats"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let merger = {
+        let (broker, base_stats, stop) = (broker.clone(), base_stats.clone(), stop.clone());
+        std::thread::spawn(move || crate::fleet::run_merger(&broker, "demo", &base_stats, &stop))
+    };
+
+    let camera = format!("{}:{}", kind.name(), dir.display());
+    let extra = ["--camera".into(), camera, "--capacity".into(), "16".into(), "--max-frame".into(), "64x64".into()];
+    let mut sims = vec![];
+    let mut clients = vec![];
+    let mut agents = vec![];
+    let mut links = vec![];
+    for i in 0..3 {
+        let sim = Simulator::start(&device_binary()?, &bundle, &root.join(format!("dev{i}")), &extra)?;
+        let mut c = Client::open(&sim.path, 921_600)?;
+        c.timeout = Duration::from_secs(30);
+        let agent = Agent::new(&mut c, "demo", &format!("d{i}"), &base_stats, &root.join(format!("agent{i}")))?;
+        links.push(agent.link(&broker));
+        eprintln!("device d{i} serving {}", sim.path);
+        sims.push(sim);
+        clients.push(c);
+        agents.push(agent);
+    }
+    let mut bytes_published = vec![];
+    let mut bytes_pushed = vec![];
+    let mut step_all =
+        |agents: &mut Vec<Agent>, clients: &mut Vec<Client>, links: &mut Vec<crate::fleet::AgentLink>| -> Result<()> {
+            for i in 0..3 {
+                for line in agents[i].step(&mut clients[i], &mut links[i])? {
+                    if let Some(n) =
+                        line.split('(').nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok())
+                    {
+                        if line.starts_with("published") {
+                            bytes_published.push(n);
+                        } else {
+                            bytes_pushed.push(n);
+                        }
+                    }
+                    eprintln!("  agent d{i}: {line}");
+                }
+            }
+            Ok(())
+        };
+    // Let the agents connect and take the base head.
+    for _ in 0..10 {
+        step_all(&mut agents, &mut clients, &mut links)?;
+    }
+
+    // Who learns what: Sandal on two devices (one class, the pooled summary).
+    let plan: [(usize, u16); 6] = [(0, 5), (1, 6), (1, 5), (2, 7), (2, 8), (0, 9)];
+    let probes: Vec<usize> = (0..setup.labels.0.len() as u16)
+        .map(|c| setup.test.samples.iter().position(|s| s.label == c).unwrap_or(0))
+        .collect();
+    let mut rows = vec![];
+    for &(i, c) in &plan {
+        let name = setup.labels.label(c);
+        let extend = clients[i].classes()?.iter().any(|e| e.label.as_str() == name.as_str());
+        clients[i].begin_class(name.clone(), extend)?;
+        clients[i].capture(shots, Some(c))?;
+        clients[i].commit()?;
+        let t0 = Instant::now();
+        eprintln!("d{i} learned {} from {shots} camera frames", name);
+        // Until the other two devices know the class.
+        let probe = &setup.test.samples[probes[c as usize]];
+        let mut answered = [false; 3];
+        answered[i] = true;
+        while !answered.iter().all(|&a| a) {
+            if t0.elapsed() > Duration::from_secs(120) {
+                bail!("class {name} did not reach every device within 120 s");
+            }
+            step_all(&mut agents, &mut clients, &mut links)?;
+            let pending: Vec<usize> = (0..3).filter(|&j| !answered[j]).collect();
+            for j in pending {
+                // Known there: the device ranks the class (a test image of
+                // it may still be answered with a neighbour, as anywhere).
+                if clients[j].classes()?.iter().any(|e| e.label.as_str() == name.as_str()) {
+                    let p = clients[j].predict(probe.format, &probe.pixels)?;
+                    eprintln!("  d{j} knows {name}; a test image of it answered {}", p.label);
+                    answered[j] = true;
+                }
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("  {name} known on every device {secs:.2} s after the commit on d{i}");
+        rows.push(serde_json::json!({"class": c, "label": name.as_str(), "device": format!("d{i}"), "seconds": secs}));
+    }
+    // Settle: every device holds the same statistics.
+    let settle = Instant::now();
+    let same = loop {
+        step_all(&mut agents, &mut clients, &mut links)?;
+        let pulled: Vec<Vec<u8>> = clients.iter_mut().map(|c| c.pull_stats()).collect::<Result<_, _>>()?;
+        if pulled.iter().all(|p| *p == pulled[0]) {
+            break pulled[0].clone();
+        }
+        if settle.elapsed() > Duration::from_secs(60) {
+            bail!("the devices' heads did not converge within 60 s");
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = merger.join();
+    let (mut head, threshold) = head_from(&same, 16)?;
+    let add: Vec<u16> = (0..setup.labels.0.len() as u16).filter(|c| !base.contains(c)).collect();
+    let stage = eval::evaluate(&mut head, &setup.test_features, &setup.truth(), &setup.labels, &base, &add, threshold)?;
+
+    println!("\n| class | taught on | seconds from the commit until every device knows it |\n| --- | --- | --- |");
+    for r in &rows {
+        println!(
+            "| {} ({}) | {} | {:.2} |",
+            r["class"],
+            r["label"].as_str().unwrap_or(""),
+            r["device"].as_str().unwrap_or(""),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let mean = |v: &[usize]| if v.is_empty() { 0 } else { v.iter().sum::<usize>() / v.len() };
+    println!(
+        "\nall three devices hold the same head: {} classes, test accuracy {:.4}, open-set accuracy {}",
+        head.class_count(),
+        stage.accuracy,
+        stage.open_set.as_ref().map_or("-".into(), |o| format!("{:.4}", o.accuracy))
+    );
+    println!(
+        "bytes per update: a device's contribution {} (mean of {}), a fleet head pushed to a device {} (mean of {}); demo took {:.0} s",
+        mean(&bytes_published),
+        bytes_published.len(),
+        mean(&bytes_pushed),
+        bytes_pushed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(parent) = json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        json,
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "bundle": bundle,
+            "shots": shots,
+            "classes": rows,
+            "final_accuracy": stage.accuracy,
+            "final_open_set": stage.open_set,
+            "contribution_bytes": bytes_published,
+            "head_bytes": bytes_pushed,
+        }))?,
+    )?;
+    eprintln!("wrote {}", json.display());
+    drop(sims);
+    Ok(())
+}

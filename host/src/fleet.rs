@@ -363,8 +363,7 @@ struct AgentState {
 /// contributed (so a push never takes a class away from it). State lives in
 /// `state` (`agent.json`, `parent.stats`: the head the device last started
 /// from, `carried.bin`: the contribution that head included, `last.msg`).
-pub struct Agent<'a> {
-    device: &'a mut crate::client::Client,
+pub struct Agent {
     id: String,
     topics: Topics,
     dir: std::path::PathBuf,
@@ -375,14 +374,14 @@ pub struct Agent<'a> {
     carried: gaussedge_fleet::Summary,
 }
 
-impl<'a> Agent<'a> {
+impl Agent {
     pub fn new(
-        device: &'a mut crate::client::Client,
+        device: &mut crate::client::Client,
         fleet: &str,
         id: &str,
         base_stats: &[u8],
         dir: &std::path::Path,
-    ) -> Result<Agent<'a>> {
+    ) -> Result<Agent> {
         let topics = topics(fleet)?;
         topics.device(id).with_context(|| format!("device id {id:?} cannot be an MQTT topic level"))?;
         let ledger = Ledger::new(base_stats)?;
@@ -401,7 +400,6 @@ impl<'a> Agent<'a> {
             Err(_) => gaussedge_fleet::Summary::empty(ledger.context().dim as usize),
         };
         Ok(Agent {
-            device,
             id: id.to_string(),
             topics,
             dir: dir.to_path_buf(),
@@ -439,12 +437,22 @@ impl<'a> Agent<'a> {
 
     /// Reads the device; publishes a new contribution if it changed.
     /// `Some(message)` to publish.
-    fn poll_device(&mut self) -> Result<Option<Vec<u8>>> {
-        let info = self.device.hello()?;
+    fn poll_device(&mut self, device: &mut crate::client::Client) -> Result<Option<Vec<u8>>> {
+        let info = device.hello()?;
         if info.learning.is_some() || self.state.seen == Some(info.generation) {
             return Ok(None);
         }
-        let stats = self.device.pull_stats()?;
+        let stats = match device.pull_stats() {
+            Ok(s) => s,
+            // Nothing saved yet: the device runs its bundle's base head.
+            Err(crate::client::ClientError::Device { code: gaussedge_shared::wire::ErrorCode::NotFound, .. })
+                if self.parent.is_none() =>
+            {
+                self.state.seen = Some(info.generation);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let summary = self.contribution(&stats)?;
         self.state.published += 1;
         self.state.seen = Some(info.generation);
@@ -461,13 +469,13 @@ impl<'a> Agent<'a> {
     }
 
     /// Applies fleet forgets newer than the device's.
-    fn apply_forgets(&mut self, f: &Forgets) -> Result<()> {
+    fn apply_forgets(&mut self, device: &mut crate::client::Client, f: &Forgets) -> Result<()> {
         let mut list = f.forgets.clone();
         list.sort();
         let applied = self.state.forgets_applied;
         for (id, label) in list.into_iter().filter(|(id, _)| *id > applied) {
             if let Some(l) = gaussedge_shared::label(&label) {
-                match self.device.forget(l) {
+                match device.forget(l) {
                     Ok(()) => {}
                     Err(crate::client::ClientError::Device {
                         code: gaussedge_shared::wire::ErrorCode::UnknownClass,
@@ -486,7 +494,7 @@ impl<'a> Agent<'a> {
 
     /// Pushes `head` to the device if it is new to it and includes all the
     /// device contributed, and nothing happened on the device since.
-    fn take_head(&mut self, head: &HeadMessage) -> Result<bool> {
+    fn take_head(&mut self, device: &mut crate::client::Client, head: &HeadMessage) -> Result<bool> {
         if self.parent.as_ref().is_some_and(|p| sha256(p) == head.sha256) || sha256(&head.stats) != head.sha256 {
             return Ok(false);
         }
@@ -494,7 +502,7 @@ impl<'a> Agent<'a> {
         if mine < self.state.published || head.forgets < self.state.forgets_applied {
             return Ok(false);
         }
-        let info = self.device.hello()?;
+        let info = device.hello()?;
         if info.learning.is_some() || self.state.seen.is_some_and(|g| g != info.generation) {
             return Ok(false); // the device learned meanwhile: publish that first
         }
@@ -504,70 +512,101 @@ impl<'a> Agent<'a> {
                 None => gaussedge_fleet::Summary::empty(self.ctx.dim as usize),
             };
         open_stats(&head.stats)?;
-        self.device.push_stats(&head.stats)?;
+        device.push_stats(&head.stats)?;
         self.parent = Some(head.stats.clone());
         self.carried = ours;
-        self.state.seen = Some(self.device.hello()?.generation);
+        self.state.seen = Some(device.hello()?.generation);
         self.save()?;
         Ok(true)
     }
 
-    /// Runs until `stop`, reconnecting to the broker as needed.
-    pub fn run(&mut self, broker: &Broker, stop: &AtomicBool) -> Result<()> {
-        let (client, mut conn) = connect(broker, &format!("gaussedge-agent-{}", self.id));
-        let mut head: Option<HeadMessage> = None;
-        let mut forgets: Option<Forgets> = None;
-        let mut connected = false;
-        let mut last_poll = Instant::now() - Duration::from_secs(1);
-        let topic = self.topics.device(&self.id).expect("checked in new");
-        while !stop.load(Ordering::Relaxed) {
-            match conn.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    connected = true;
-                    client.subscribe(self.topics.head(), QoS::AtLeastOnce)?;
-                    client.subscribe(self.topics.forgets(), QoS::AtLeastOnce)?;
-                    // The broker may have lost it: publish the latest again.
-                    if let Ok(msg) = std::fs::read(self.dir.join("last.msg")) {
-                        client.publish(topic.clone(), QoS::AtLeastOnce, true, msg)?;
-                    }
+    /// This agent's broker connection.
+    pub fn link(&self, broker: &Broker) -> AgentLink {
+        let (client, conn) = connect(broker, &format!("gaussedge-agent-{}", self.id));
+        AgentLink {
+            client,
+            conn,
+            head: None,
+            forgets: None,
+            connected: false,
+            last_poll: Instant::now() - Duration::from_secs(1),
+            topic: self.topics.device(&self.id).expect("checked in new"),
+        }
+    }
+
+    /// One turn: takes what the broker sent (up to 100 ms), and at most
+    /// every 250 ms applies forgets, publishes what the device learned, and
+    /// pushes it a new fleet head. Returns what happened, for a log.
+    pub fn step(&mut self, device: &mut crate::client::Client, link: &mut AgentLink) -> Result<Vec<String>> {
+        let mut log = vec![];
+        match link.conn.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                link.connected = true;
+                link.client.subscribe(self.topics.head(), QoS::AtLeastOnce)?;
+                link.client.subscribe(self.topics.forgets(), QoS::AtLeastOnce)?;
+                // The broker may have lost it: publish the latest again.
+                if let Ok(msg) = std::fs::read(self.dir.join("last.msg")) {
+                    link.client.publish(link.topic.clone(), QoS::AtLeastOnce, true, msg)?;
                 }
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    if p.topic == self.topics.head() {
-                        head = message::decode(&p.payload);
-                    } else if p.topic == self.topics.forgets() {
-                        forgets = message::decode(&p.payload);
-                    }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if p.topic == self.topics.head() {
+                    link.head = message::decode(&p.payload);
+                } else if p.topic == self.topics.forgets() {
+                    link.forgets = message::decode(&p.payload);
                 }
-                Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
-                Ok(Err(e)) => {
-                    if connected {
-                        eprintln!("agent {}: broker connection lost ({e}); reconnecting", self.id);
-                    }
-                    connected = false;
-                    std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            Ok(Err(e)) => {
+                if link.connected {
+                    log.push(format!("broker connection lost ({e}); reconnecting"));
                 }
-                Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("agent: client closed"),
+                link.connected = false;
+                std::thread::sleep(Duration::from_millis(200));
             }
-            if !connected || last_poll.elapsed() < Duration::from_millis(250) {
-                continue;
-            }
-            last_poll = Instant::now();
-            if let Some(f) = forgets.take() {
-                self.apply_forgets(&f)?;
-            }
-            if let Some(msg) = self.poll_device()? {
-                eprintln!("agent {}: published generation {}", self.id, self.state.published);
-                client.publish(topic.clone(), QoS::AtLeastOnce, true, msg)?;
-            }
-            if let Some(h) = &head {
-                if self.take_head(h)? {
-                    eprintln!("agent {}: device took fleet head generation {}", self.id, h.generation);
-                }
+            Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("agent: client closed"),
+        }
+        if !link.connected || link.last_poll.elapsed() < Duration::from_millis(250) {
+            return Ok(log);
+        }
+        link.last_poll = Instant::now();
+        if let Some(f) = link.forgets.take() {
+            self.apply_forgets(device, &f)?;
+        }
+        if let Some(msg) = self.poll_device(device)? {
+            log.push(format!("published generation {} ({} bytes)", self.state.published, msg.len()));
+            link.client.publish(link.topic.clone(), QoS::AtLeastOnce, true, msg)?;
+        }
+        if let Some(h) = link.head.clone() {
+            if self.take_head(device, &h)? {
+                log.push(format!("device took fleet head generation {} ({} bytes)", h.generation, h.stats.len()));
             }
         }
-        let _ = client.disconnect();
+        Ok(log)
+    }
+
+    /// Runs until `stop`, reconnecting to the broker as needed.
+    pub fn run(&mut self, device: &mut crate::client::Client, broker: &Broker, stop: &AtomicBool) -> Result<()> {
+        let mut link = self.link(broker);
+        while !stop.load(Ordering::Relaxed) {
+            for line in self.step(device, &mut link)? {
+                eprintln!("agent {}: {line}", self.id);
+            }
+        }
+        let _ = link.client.disconnect();
         Ok(())
     }
+}
+
+/// An agent's broker connection and what it last heard.
+pub struct AgentLink {
+    client: Client,
+    conn: Connection,
+    head: Option<HeadMessage>,
+    forgets: Option<Forgets>,
+    connected: bool,
+    last_poll: Instant,
+    topic: String,
 }
 
 fn open_stats(bytes: &[u8]) -> Result<gaussedge_shared::head::GaussianHead<gaussedge_shared::head::OwnedStorage>> {
