@@ -294,6 +294,11 @@ struct TrainArgs {
     /// (one random turn per image), 1 is plain class labels.
     #[arg(long, default_value_t = 1)]
     rotations: u8,
+    /// Cutout: blank a square of this side (pixels) in every training
+    /// image, at a random centre; 0 is off. DeVries & Taylor used half the
+    /// image side.
+    #[arg(long, default_value_t = 0)]
+    cutout: u16,
     /// Use the tiny test variant of the network.
     #[arg(long)]
     tiny: bool,
@@ -730,6 +735,10 @@ fn train(a: TrainArgs) -> Result<()> {
         bail!("--rotations takes 1 (off) or 4 (quarter turns), not {}", a.rotations);
     }
     recipe.rotations = a.rotations;
+    if a.cutout >= recipe.size {
+        bail!("--cutout {} must be smaller than the image side {}", a.cutout, recipe.size);
+    }
+    recipe.cutout = a.cutout;
     recipe.arch = ArchConfig::b0(recipe.outputs(classes.len()));
     if a.no_augment {
         recipe.crop_pad = 0;
