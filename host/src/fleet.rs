@@ -276,11 +276,7 @@ fn hex(b: &[u8]) -> String {
 pub fn status(snap: &Snapshot) -> Result<Status> {
     let mut head_classes = vec![];
     if let Some(h) = &snap.head {
-        let (head, _) = gaussedge_shared::head::GaussianHead::from_stats(
-            &h.stats,
-            (gaussedge_shared::stats::read_header(&h.stats)?.classes as usize).max(1),
-            &Default::default(),
-        )?;
+        let head = open_stats(&h.stats)?;
         head_classes = head.classes().map(|(_, c)| (c.label.to_string(), c.count)).collect();
     }
     let devices = snap
