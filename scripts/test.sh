@@ -35,7 +35,7 @@ fi
 if command -v qemu-aarch64 >/dev/null 2>&1 && command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
   && { rustup target list --installed 2>/dev/null | grep -qx "$arm" || timeout 300 rustup target add "$arm" >/dev/null 2>&1; }; then
   cargo test --locked --target "$arm" -p gaussedge-shared -p gaussedge-bundle -p gaussedge-firmware -p gaussedge-data \
-    -p gaussedge-device
+    -p gaussedge-backbone -p gaussedge-device
   echo "aarch64 tests under qemu-user: ok"
 else
   echo "aarch64 tests: skipped (no cross linker, qemu-user or rustup target here)"

@@ -10,7 +10,7 @@
 //! capture learned in batches. `--profile` prints a table of time per
 //! tract operator instead, `--nodes` adds the costliest nodes.
 
-use gaussedge_device::backbone::Backbone;
+use gaussedge_backbone::Backbone;
 use gaussedge_device::bundle::Bundle;
 use gaussedge_shared::head::{GaussianHead, HeadConfig};
 use gaussedge_shared::preprocess::{frame_to_input, input_len};

@@ -11,7 +11,7 @@ use gaussedge_shared::preprocess::input_len;
 use gaussedge_shared::wire::FrameFormat;
 use gaussedge_shared::{Estimator, Transform};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -59,7 +59,7 @@ fn parse_frame(s: &str) -> Result<FrameFormat> {
 /// The command-line entry point.
 pub fn main() -> Result<()> {
     let args = Args::parse();
-    crate::backbone::Backbone::set_threads(args.threads);
+    gaussedge_backbone::Backbone::set_threads(args.threads);
     let camera = args.camera.as_deref().map(Camera::open).transpose()?;
     let platform = SimPlatform::open(SimOptions {
         bundle: args.bundle.clone(),
@@ -91,9 +91,10 @@ pub fn main() -> Result<()> {
     eprintln!("{} classes, capacity {}, feature dim {}", server.head().class_count(), args.capacity, info.dim);
 
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        let stop = stop.clone();
-        let _ = unsafe_signal(sig, stop);
+    // The serving loop polls `stop` between reads, so a signal ends it
+    // after the frame in hand is answered and the state is on flash.
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).with_context(|| format!("handling signal {sig}"))?;
     }
     if args.pty {
         let mut pty = Pty::open()?;
@@ -111,20 +112,4 @@ pub fn main() -> Result<()> {
         }
         link::serve(port.as_mut(), &mut server, &stop)
     }
-}
-
-/// Sets `stop` on the signal. A tiny handler: one atomic store.
-fn unsafe_signal(sig: libc::c_int, stop: Arc<AtomicBool>) -> Result<()> {
-    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    let _ = STOP.set(stop);
-    extern "C" fn handler(_: libc::c_int) {
-        if let Some(s) = STOP.get() {
-            s.store(true, Ordering::Relaxed);
-        }
-    }
-    // SAFETY: the handler only performs an atomic store, which is
-    // async-signal-safe.
-    let r = unsafe { libc::signal(sig, handler as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    anyhow::ensure!(r != libc::SIG_ERR, "cannot install a handler for signal {sig}");
-    Ok(())
 }

@@ -11,34 +11,19 @@
 
 pub use gaussedge_firmware::{persist, platform, server};
 
+/// The backbone on tract, re-exported from its own crate.
 #[cfg(feature = "std")]
-pub mod backbone;
+pub use gaussedge_backbone as backbone;
 /// The bundle format, re-exported from its own crate.
 #[cfg(feature = "std")]
 pub use gaussedge_bundle as bundle;
 #[cfg(feature = "std")]
 pub mod bundles;
 #[cfg(feature = "std")]
-pub mod channel_last;
-#[cfg(feature = "std")]
 pub mod cli;
-#[cfg(feature = "std")]
-pub mod cpu;
-#[cfg(feature = "std")]
-pub mod depthwise;
 #[cfg(feature = "std")]
 pub mod flash;
 #[cfg(feature = "std")]
-mod flat;
-#[cfg(feature = "std")]
-pub mod im2col;
-#[cfg(feature = "std")]
 pub mod link;
 #[cfg(feature = "std")]
-pub mod matvec;
-#[cfg(feature = "std")]
-pub mod pointwise;
-#[cfg(feature = "std")]
 pub mod sim;
-#[cfg(feature = "std")]
-pub mod simd;

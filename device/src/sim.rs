@@ -2,11 +2,11 @@
 //! slots, a folder for the active bundle, a dataset for the camera, and a
 //! bounded in-memory store of captured samples.
 
-use crate::backbone::Backbone;
 use crate::bundle::{self, Manifest};
 use crate::bundles::BundleStore;
 use crate::flash::DiskFlash;
 use crate::platform::{BackboneInfo, Fault, Platform, Slot};
+use gaussedge_backbone::Backbone;
 use gaussedge_data::{Dataset, DatasetKind, Split};
 use gaussedge_firmware::samples::SampleStore;
 use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, UploadTarget};

@@ -11,7 +11,7 @@
 //! later without the images.
 
 use anyhow::{ensure, Result};
-use gaussedge_device::bundle::{Calibration, HeldOut};
+use gaussedge_bundle::{Calibration, HeldOut};
 use gaussedge_shared::head::{GaussianHead, OwnedStorage};
 
 /// The true-positive rate a bundle is calibrated for unless told otherwise.

@@ -5,7 +5,7 @@ use crate::fit::{self, class_label, write_bundle, Extractor};
 use crate::util::{write_atomic, Confusion};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gaussedge_device::bundle::{self, hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
+use gaussedge_bundle::{self as bundle, hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
 use gaussedge_shared::config::Estimator;
 use gaussedge_shared::stats::{self, StatsMeta};
 use gaussedge_shared::Transform;

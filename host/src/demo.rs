@@ -12,8 +12,8 @@ use crate::eval::{self, Labels, Novelty, Setup, Stage};
 use crate::fit;
 use crate::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
+use gaussedge_bundle::HeadDefaults;
 use gaussedge_data::DatasetKind;
-use gaussedge_device::bundle::HeadDefaults;
 use gaussedge_shared::head::{GaussianHead, OwnedStorage};
 use gaussedge_shared::stats::{self, StatsMeta};
 use std::path::{Path, PathBuf};
@@ -282,7 +282,7 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
         info.firmware,
         info.dim,
         info.capacity,
-        gaussedge_device::bundle::hex(&info.backbone_sha256)
+        gaussedge_bundle::hex(&info.backbone_sha256)
     );
     let run = run_device(&mut client, &setup, &head, &base, &add, Some(shots), 0, Source::Camera, true)?;
     let elapsed = started.elapsed().as_secs_f64();

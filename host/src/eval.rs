@@ -7,7 +7,7 @@ use crate::fit::{self, class_label, Extractor};
 use crate::rng::Rng;
 use crate::util::Confusion;
 use anyhow::{Context, Result};
-use gaussedge_device::bundle::{Bundle, HeadDefaults};
+use gaussedge_bundle::{Bundle, HeadDefaults};
 use gaussedge_shared::head::{GaussianHead, OwnedStorage};
 use gaussedge_shared::stats;
 use serde::{Deserialize, Serialize};

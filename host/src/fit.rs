@@ -5,8 +5,8 @@
 use crate::data::{Dataset, DatasetKind, Split};
 use crate::prep;
 use anyhow::{bail, Context, Result};
-use gaussedge_device::backbone::Backbone;
-use gaussedge_device::bundle::{hex, sha256, HeadDefaults};
+use gaussedge_backbone::Backbone;
+use gaussedge_bundle::{hex, sha256, HeadDefaults};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::{label, Transform};
@@ -28,8 +28,8 @@ impl Extractor {
         let load =
             |b: usize| Backbone::load(onnx, b, pre.channels as usize, pre.height as usize, pre.width as usize, layers);
         let backbone = match load(batch) {
-            Err(e @ gaussedge_device::backbone::BackboneError::InputShape { .. }) => {
-                match gaussedge_device::backbone::declared_batch(onnx) {
+            Err(e @ gaussedge_backbone::BackboneError::InputShape { .. }) => {
+                match gaussedge_backbone::declared_batch(onnx) {
                     Some(fixed) if fixed != batch => load(fixed)?,
                     _ => return Err(e.into()),
                 }
@@ -67,7 +67,7 @@ impl Extractor {
     /// with the other's features.
     pub fn extract_cached(&self, ds: &Dataset, kind: DatasetKind, split: Split, progress: bool) -> Result<Vec<f32>> {
         let d = self.dim();
-        let layers = if self.layers == gaussedge_device::bundle::default_layers() {
+        let layers = if self.layers == gaussedge_bundle::default_layers() {
             String::new()
         } else {
             format!("-{}", &hex(&sha256(self.layers.join(",").as_bytes()))[..8])
@@ -227,7 +227,7 @@ pub fn fit_head(
 /// A bundle's base head and its "unknown" threshold.
 pub struct Fitted {
     pub head: GaussianHead<OwnedStorage>,
-    pub calibration: gaussedge_device::bundle::Calibration,
+    pub calibration: gaussedge_bundle::Calibration,
 }
 
 /// The base statistics as every bundle gets them: fitted on the base
@@ -243,7 +243,7 @@ pub fn fit_base(
     classes: &[u16],
     head: &HeadDefaults,
     capacity: usize,
-    held: gaussedge_device::bundle::HeldOut,
+    held: gaussedge_bundle::HeldOut,
     tpr: f64,
     progress: bool,
 ) -> Result<Fitted> {
@@ -300,7 +300,7 @@ pub fn rows_at(features: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
 }
 
 /// Reads a bundle's backbone with the manifest's preprocessing and layers.
-pub fn extractor_for(bundle: &Path, batch: usize) -> Result<(gaussedge_device::bundle::Bundle, Extractor)> {
+pub fn extractor_for(bundle: &Path, batch: usize) -> Result<(gaussedge_bundle::Bundle, Extractor)> {
     extractor_with(bundle, None, batch)
 }
 
@@ -310,8 +310,8 @@ pub fn extractor_with(
     bundle: &Path,
     layers: Option<&[String]>,
     batch: usize,
-) -> Result<(gaussedge_device::bundle::Bundle, Extractor)> {
-    let b = gaussedge_device::bundle::Bundle::read(bundle)?;
+) -> Result<(gaussedge_bundle::Bundle, Extractor)> {
+    let b = gaussedge_bundle::Bundle::read(bundle)?;
     let layers = match layers {
         Some(l) => resolve_layers(&b.onnx, l)?,
         None => b.manifest.layers.clone(),
@@ -392,7 +392,7 @@ pub fn write_bundle(
     dir: &Path,
     onnx: &[u8],
     head: &gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>,
-    manifest: &gaussedge_device::bundle::Manifest,
+    manifest: &gaussedge_bundle::Manifest,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let meta = gaussedge_shared::stats::StatsMeta {
@@ -404,8 +404,8 @@ pub fn write_bundle(
         novelty_threshold: manifest.calibration.as_ref().map_or(f64::INFINITY, |c| c.threshold),
     };
     let stats_bytes = gaussedge_shared::stats::to_vec(head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::util::write_atomic(&dir.join(gaussedge_device::bundle::BACKBONE), onnx)?;
-    crate::util::write_atomic(&dir.join(gaussedge_device::bundle::STATS), &stats_bytes)?;
-    crate::util::write_atomic(&dir.join(gaussedge_device::bundle::MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
+    crate::util::write_atomic(&dir.join(gaussedge_bundle::BACKBONE), onnx)?;
+    crate::util::write_atomic(&dir.join(gaussedge_bundle::STATS), &stats_bytes)?;
+    crate::util::write_atomic(&dir.join(gaussedge_bundle::MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
     Ok(())
 }

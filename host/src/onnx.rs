@@ -293,7 +293,7 @@ pub fn export(arch: &Arch, weights: &Weights, opts: &ExportOptions) -> Result<Ve
     }
     let last = arch.blocks.last().map(|b| b.output).unwrap_or(arch.stem);
     h = g.conv_bn(&h, &format!("features.{}", arch.head_index), (last, arch.head, 1), 1, 1, true)?;
-    let features = g.pool_flatten(&h, gaussedge_device::bundle::DEFAULT_LAYER);
+    let features = g.pool_flatten(&h, gaussedge_bundle::DEFAULT_LAYER);
     let mut outputs = vec![value_info(&features, &[None, Some(arch.head)])];
     for (name, dim) in &extra_outputs {
         outputs.push(value_info(name, &[None, Some(*dim)]));

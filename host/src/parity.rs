@@ -5,7 +5,7 @@
 use crate::arch::Arch;
 use crate::net::EfficientNet;
 use crate::onnx::{self, ExportOptions, Weights};
-use gaussedge_device::backbone::Backbone;
+use gaussedge_backbone::Backbone;
 use tch::{nn, Kind, Tensor};
 
 /// Copies a var store's tensors (parameters and batch-norm statistics).
@@ -63,7 +63,7 @@ pub fn check(arch: &Arch, net: &EfficientNet, vs: &nn::VarStore, inputs: &Tensor
         &weights_of(vs),
         &ExportOptions { height: h, width: w, logits: false, block_features: (0..arch.blocks.len()).collect() },
     )?;
-    let mut layers = gaussedge_device::bundle::default_layers();
+    let mut layers = gaussedge_bundle::default_layers();
     layers.extend(crate::fit::block_layers(arch.blocks.len()));
     let backbone = Backbone::load(&onnx, n, c, h, w, &layers)?;
     let input: Vec<f32> = {

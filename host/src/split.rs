@@ -9,7 +9,7 @@
 
 use crate::data::Dataset;
 use crate::rng::Rng;
-use gaussedge_device::bundle::HeldOut;
+use gaussedge_bundle::HeldOut;
 
 /// Stratified split of the positions of `labels` whose label is in
 /// `classes` into (kept, held out): per class, in `classes` order, shuffled

@@ -11,7 +11,7 @@ use crate::prep::{self, Normalization};
 use crate::rng::Rng;
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
-use gaussedge_device::bundle::HeldOut;
+use gaussedge_bundle::HeldOut;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -4,8 +4,8 @@
 //! and fitted with tract) built once per test binary.
 
 use anyhow::Result;
+use gaussedge_bundle::{hex, HeldOut, Manifest, MANIFEST_FORMAT};
 use gaussedge_data::{Dataset, DatasetKind, Split};
-use gaussedge_device::bundle::{hex, HeldOut, Manifest, MANIFEST_FORMAT};
 use gaussedge_host::arch::{Arch, ArchConfig};
 use gaussedge_host::client::Client;
 use gaussedge_host::demo::Simulator;

@@ -297,7 +297,7 @@ fn phone_photos_teach_a_class_and_the_device_answers_unknown_at_its_calibrated_t
     let work = tempfile::tempdir().unwrap();
     let sim = start(&work.path().join("state"), &[]);
     let port = sim.path.as_str();
-    let manifest = gaussedge_device::bundle::Manifest::read(&f.bundle).unwrap();
+    let manifest = gaussedge_bundle::Manifest::read(&f.bundle).unwrap();
     let calibration = manifest.calibration.clone().expect("the fixture bundle is calibrated");
 
     // The bundle's threshold is the device's from boot.
@@ -406,7 +406,7 @@ fn any_onnx_feature_extractor_becomes_a_bundle_a_device_runs() {
         let args = bundle_args(name, outputs, channels, &out);
         let printed = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(printed.contains(&format!("{dim} features")), "{printed}");
-        let m = gaussedge_device::bundle::Manifest::read(&out).unwrap();
+        let m = gaussedge_bundle::Manifest::read(&out).unwrap();
         assert_eq!((m.feature_dim, m.preprocess.channels.to_string().as_str()), (dim, channels));
         assert!(m.calibration.is_some_and(|c| c.threshold.is_finite()));
         let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();

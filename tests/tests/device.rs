@@ -64,7 +64,7 @@ fn learn_predict_forget_and_find_it_all_after_a_restart() {
     // Predictions on the device equal the host's on the same statistics and
     // the same ONNX (features through tract with the same preprocessing).
     let pulled = c.pull_stats().unwrap();
-    let bundle = gaussedge_device::bundle::Bundle::read(&f.bundle).unwrap();
+    let bundle = gaussedge_bundle::Bundle::read(&f.bundle).unwrap();
     let extractor = Extractor::new(&bundle.onnx, bundle.manifest.preprocess, &bundle.manifest.layers, 1).unwrap();
     let mut local = gaussedge_host::fit::head_for_stats(extractor.dim(), 8).unwrap();
     stats::load(&mut local, &pulled, &Expect::default()).unwrap();
@@ -301,7 +301,7 @@ fn a_new_bundle_is_flashed_atomically() {
     // The flashed bundle survives a restart.
     let sim = start(state.path(), &[]);
     let mut c = connect(&sim);
-    assert_eq!(c.hello().unwrap().backbone_sha256, gaussedge_device::bundle::sha256(&onnx));
+    assert_eq!(c.hello().unwrap().backbone_sha256, gaussedge_bundle::sha256(&onnx));
     let test = dataset(Split::Test);
     let s = &test.samples[0];
     assert!(matches!(c.frame(s.format, FrameUse::Predict, &s.pixels).unwrap(), Response::Prediction(_)));
@@ -345,7 +345,7 @@ fn a_flash_cut_before_its_pointer_is_replaced_boots_the_old_bundle() {
     let (onnx, manifest, stats_b) =
         (read(&f.bundle_b, "backbone.onnx"), read(&f.bundle_b, "manifest.json"), read(&f.bundle_b, "head.stats"));
     let factory = read(&f.bundle, "backbone.onnx");
-    let sha = gaussedge_device::bundle::sha256;
+    let sha = gaussedge_bundle::sha256;
     let boots = |state: &std::path::Path| {
         let sim = start(state, &[]);
         connect(&sim).hello().unwrap().backbone_sha256

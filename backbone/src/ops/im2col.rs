@@ -18,8 +18,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::depthwise::{window, Window};
-use crate::pointwise::{is_silu, sole_successor, Input, Pointwise, Strides};
+use crate::ops::depthwise::{window, Window};
+use crate::ops::pointwise::{is_silu, sole_successor, Input, Pointwise, Strides};
 
 /// Input channels times taps the op takes (a row of the gathered
 /// windows); wider convolutions stay with tract, whose packing is then
@@ -61,7 +61,7 @@ impl EvalOp for Im2colConv {
         let [top, bottom, left, right] = self.pad;
         let (hp, wp) = (h + top + bottom, w + left + right);
         let mut padded = vec![0f32; n * c * hp * wp];
-        crate::flat::with_values(&x, |x| {
+        crate::ops::flat::with_values(&x, |x| {
             for (plane, out) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(hp * wp)) {
                 for (row, out) in plane.chunks_exact(w).zip(out[top * wp..].chunks_exact_mut(wp)) {
                     out[left..left + w].copy_from_slice(row);
@@ -106,7 +106,9 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
         && spec.kernel_shape.iter().product::<usize>() > 1
         && conv.input_channels() * spec.kernel_shape.iter().product::<usize>() <= MAX_ROW
         && spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1));
-    let Some((kernel, bias)) = crate::depthwise::constants(model, node)?.filter(|_| plain) else { return Ok(None) };
+    let Some((kernel, bias)) = crate::ops::depthwise::constants(model, node)?.filter(|_| plain) else {
+        return Ok(None);
+    };
     let (c, o) = (conv.input_channels(), conv.output_channels());
     let [kh, kw] = [spec.kernel_shape[0], spec.kernel_shape[1]];
     if kernel.len() != o * c * kh * kw || !(bias.len() == 1 || bias.len() == o) {
@@ -255,7 +257,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = generic.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
             let got = ours.into_runnable().unwrap().run(input()).unwrap().remove(0);
-            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{c}->{o} {k:?} {padding:?}"));
+            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{c}->{o} {k:?} {padding:?}"));
         }
     }
 

@@ -6,6 +6,16 @@
 //! pooled outputs for Lee et al.'s feature ensemble. Outputs the manifest
 //! does not name are dropped before optimisation, so tract prunes whatever
 //! only they needed (the FC head, a last convolution nobody reads).
+//!
+//! The crate is layered as tract is: this file loads a graph and runs the
+//! rewrite pipeline; [`ops`] holds the ops the pipeline puts in, one file
+//! per op family, each with its pattern and its rewrite; [`kernels`] holds
+//! their vector loops and the one place the CPU is asked which loops run.
+//! It knows nothing of heads, bundles or devices: the device and the host
+//! both extract features through it, so they agree to the bit.
+
+pub mod kernels;
+pub mod ops;
 
 use std::sync::Mutex;
 use tract_onnx::prelude::*;
@@ -176,15 +186,15 @@ impl Backbone {
         // 1x1 convolutions).
         let channel_last = rewrites == Rewrites::Project && std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
         if channel_last {
-            let dense = crate::pointwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DENSE").is_none();
+            let dense = crate::ops::pointwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DENSE").is_none();
             let matvec = std::env::var_os("GAUSSEDGE_TRACT_MATVEC").is_none();
             // Before `conv_nhwc`, which would lower these convolutions to
             // tract's own ops.
             if dense {
-                crate::im2col::rewrite(&mut typed).map_err(load)?;
+                crate::ops::im2col::rewrite(&mut typed).map_err(load)?;
             }
-            if crate::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
-                crate::depthwise::rewrite(&mut typed).map_err(load)?;
+            if crate::ops::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
+                crate::ops::depthwise::rewrite(&mut typed).map_err(load)?;
             }
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
                 .map_err(load)?
@@ -197,15 +207,15 @@ impl Backbone {
                 typed = typed.into_decluttered().map_err(load)?;
             }
             if matvec {
-                crate::matvec::rewrite(&mut typed).map_err(load)?;
+                crate::ops::matvec::rewrite(&mut typed).map_err(load)?;
             }
             if dense {
-                crate::pointwise::rewrite(&mut typed).map_err(load)?;
+                crate::ops::pointwise::rewrite(&mut typed).map_err(load)?;
             }
         }
         let mut optimized = typed.into_optimized().map_err(load)?;
         if channel_last {
-            crate::channel_last::rewrite(&mut optimized).map_err(load)?;
+            crate::ops::channel_last::rewrite(&mut optimized).map_err(load)?;
         }
         Ok(optimized)
     }

@@ -8,7 +8,7 @@
 //! architectures get the plain loop.
 
 /// Defines `fn $name` whose body is compiled three times (baseline, AVX2,
-/// AVX-512) and dispatched on [`crate::cpu::Isa::best`].
+/// AVX-512) and dispatched on [`crate::kernels::Isa::best`].
 macro_rules! vectorized {
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -25,12 +25,12 @@ macro_rules! vectorized {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                match crate::cpu::Isa::best() {
+                match crate::kernels::Isa::best() {
                     // SAFETY: `best` never names a width the CPU lacks.
-                    crate::cpu::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    crate::kernels::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    crate::cpu::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    crate::cpu::Isa::Portable => {}
+                    crate::kernels::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::kernels::Isa::Portable => {}
                 }
             }
             body($($arg),*)
@@ -118,10 +118,10 @@ mod tests {
 
     #[test]
     fn loops_match_their_plain_arithmetic() {
-        let widths: Vec<_> = crate::cpu::Isa::available().map(crate::cpu::Isa::name).collect();
+        let widths: Vec<_> = crate::kernels::Isa::available().map(crate::kernels::Isa::name).collect();
         eprintln!("simd loops checked on this CPU: {}", widths.join(", "));
-        for isa in crate::cpu::Isa::available() {
-            crate::cpu::Isa::capped(isa, loops_match_under_the_current_width);
+        for isa in crate::kernels::Isa::available() {
+            crate::kernels::Isa::capped(isa, loops_match_under_the_current_width);
         }
     }
 

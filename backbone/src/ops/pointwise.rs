@@ -28,7 +28,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 
-use crate::matvec::{weighted_einsum, WeightedEinsum};
+use crate::ops::matvec::{weighted_einsum, WeightedEinsum};
 
 /// Where a value of a `[batch, pixel, channel]` view lies in a flat tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,10 +130,10 @@ impl EvalOp for Pointwise {
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         let mut ram = out.try_as_plain_ram_mut()?;
         let y = ram.as_slice_mut::<f32>()?;
-        crate::flat::with_values(&inputs[0], |x| {
+        crate::ops::flat::with_values(&inputs[0], |x| {
             if self.residual {
                 ensure!(inputs[1].shape() == &*self.output_shape, "Pointwise residual {:?}", inputs[1].shape());
-                crate::flat::with_values(&inputs[1], |r| self.run_into(x, Some(r), y))
+                crate::ops::flat::with_values(&inputs[1], |r| self.run_into(x, Some(r), y))
             } else {
                 self.run_into(x, None, y)
             }
@@ -265,7 +265,7 @@ impl Pointwise {
                     let band = &mut y[start..][..rows * self.cout];
                     finish(band)?;
                     if let Some(r) = r {
-                        crate::simd::sum_rows(band, &r[start..][..rows * self.cout]);
+                        crate::kernels::simd::sum_rows(band, &r[start..][..rows * self.cout]);
                     }
                     continue;
                 }
@@ -293,8 +293,8 @@ impl Pointwise {
         {
             // SAFETY: each arm runs a function built for features this CPU
             // has (checked here, not only when the op was built).
-            let isa = crate::cpu::Isa::best();
-            let (avx512, avx2) = (isa >= crate::cpu::Isa::Avx512, isa >= crate::cpu::Isa::Avx2);
+            let isa = crate::kernels::Isa::best();
+            let (avx512, avx2) = (isa >= crate::kernels::Isa::Avx512, isa >= crate::kernels::Isa::Avx2);
             match (self.tile, self.width) {
                 (6, 32) if avx512 => return unsafe { band_avx512::<6, 32>(&k, x, offsets, weights, bias, band) },
                 (4, 48) if avx512 => return unsafe { band_avx512::<4, 48>(&k, x, offsets, weights, bias, band) },
@@ -418,7 +418,7 @@ fn band_body<const P: usize, const W: usize>(
 /// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and
 /// FMA or AVX-512 (elsewhere tract's kernels were not measured against it).
 pub fn wanted() -> bool {
-    crate::depthwise::wanted()
+    crate::ops::depthwise::wanted()
 }
 
 /// The node's op if it is a Silu, or an Add of a constant shaped `bias`
@@ -568,7 +568,7 @@ fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Poi
 /// blocks, whose weights dominate), six elsewhere; as many channels as
 /// fill twelve vector registers.
 fn tile_for(pixels: usize) -> (usize, usize) {
-    let lanes = if crate::cpu::Isa::detected() == crate::cpu::Isa::Avx512 { 16 } else { 8 };
+    let lanes = if crate::kernels::Isa::detected() == crate::kernels::Isa::Avx512 { 16 } else { 8 };
     if pixels <= 16 && pixels.is_multiple_of(4) {
         (4, 3 * lanes)
     } else {
@@ -679,7 +679,7 @@ mod tests {
             }
             let want = generic.into_optimized().unwrap().into_runnable().unwrap().run(input.clone()).unwrap().remove(0);
             let got = ours.into_runnable().unwrap().run(input).unwrap().remove(0);
-            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{expr} {then:?}"));
+            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{expr} {then:?}"));
         }
     }
 
@@ -702,10 +702,10 @@ mod tests {
                 want[p * cout + o] = (s + f64::from(bias[o])) as f32;
             }
         }
-        let widths: Vec<_> = crate::cpu::Isa::available().map(crate::cpu::Isa::name).collect();
+        let widths: Vec<_> = crate::kernels::Isa::available().map(crate::kernels::Isa::name).collect();
         eprintln!("pointwise tiles checked under: {}", widths.join(", "));
         for (isa, tile) in
-            crate::cpu::Isa::available().flat_map(|i| [(6, 16), (4, 24), (6, 32), (4, 48)].map(|t| (i, t)))
+            crate::kernels::Isa::available().flat_map(|i| [(6, 16), (4, 24), (6, 32), (4, 48)].map(|t| (i, t)))
         {
             let op = Pointwise::tiled(
                 tile,
@@ -720,8 +720,8 @@ mod tests {
             )
             .unwrap();
             let mut got = vec![f32::NAN; pixels * cout];
-            crate::cpu::Isa::capped(isa, || op.run_into(&x, None, &mut got)).unwrap();
-            crate::flat::assert_close(&want, &got, 1e-5, &format!("tile {tile:?} under {}", isa.name()));
+            crate::kernels::Isa::capped(isa, || op.run_into(&x, None, &mut got)).unwrap();
+            crate::ops::flat::assert_close(&want, &got, 1e-5, &format!("tile {tile:?} under {}", isa.name()));
         }
     }
 

@@ -1,6 +1,6 @@
 //! Four tract ops for the graph tract runs channel-last, and the rewrite
 //! that puts them in place of tract's generic ones (their loops are in
-//! [`crate::simd`]).
+//! [`crate::kernels::simd`]).
 //!
 //! Run channel-last (`conv_nhwc`), EfficientNet's squeeze-excitation first
 //! sums every spatial position into one vector of channels, then scales
@@ -35,7 +35,7 @@ use tract_onnx::tract_core::ops::binary::{OptBinUnicast, TypedBinOp};
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
-use crate::flat::{natural, with_values};
+use crate::ops::flat::{natural, with_values};
 
 /// `a op= b` for the binary ops here: `fast` on the flat values when both
 /// are stored in row-major order, else `generic` on array views (tract's
@@ -89,7 +89,7 @@ impl EvalOp for ChannelScale {
             ensure!(channels > 0 && images > 0 && scale.len() == images * channels, "channel scale shape");
             ensure!(a.len().is_multiple_of(images), "channel scale shape");
             for (image, scale) in a.chunks_exact_mut(a.len() / images).zip(scale.chunks_exact(channels)) {
-                crate::simd::scale_rows(image, scale);
+                crate::kernels::simd::scale_rows(image, scale);
             }
             Ok(())
         })
@@ -138,7 +138,7 @@ impl EvalOp for SpatialSum {
         with_values(&x, |values| {
             ensure!(images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
             for (image, sum) in values.chunks_exact(values.len() / images).zip(sum.chunks_exact_mut(channels)) {
-                crate::simd::sum_rows(sum, image);
+                crate::kernels::simd::sum_rows(sum, image);
             }
             Ok(())
         })?;
@@ -186,7 +186,7 @@ impl EvalOp for PlaneBias {
             let plane = shape[2..].iter().product::<usize>();
             ensure!(plane > 0 && shape[1] == bias.len(), "plane bias shape");
             for (values, bias) in a.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
-                crate::simd::add_scalar(values, *bias);
+                crate::kernels::simd::add_scalar(values, *bias);
             }
             Ok(())
         })
@@ -224,7 +224,8 @@ impl EvalOp for PlaneSum {
         ensure!(plane > 0, "empty planes");
         let mut out_shape: TVec<usize> = shape.iter().map(|_| 1).collect();
         out_shape[..2].copy_from_slice(&shape[..2]);
-        let sums: Vec<f32> = with_values(&x, |values| Ok(values.chunks_exact(plane).map(crate::simd::sum).collect()))?;
+        let sums: Vec<f32> =
+            with_values(&x, |values| Ok(values.chunks_exact(plane).map(crate::kernels::simd::sum).collect()))?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sums)?.into_tvalue()))
     }
 }
@@ -445,7 +446,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
             let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
+            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
         }
     }
 
@@ -489,7 +490,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
             let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
+            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
         }
     }
 

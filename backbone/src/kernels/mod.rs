@@ -1,11 +1,13 @@
 //! Which vector unit the kernels use: the one place the CPU is asked.
 //!
-//! Every kernel of the crate (the [`crate::simd`] loops, the depthwise and
+//! Every kernel of the crate (the [`crate::kernels::simd`] loops, the depthwise and
 //! pointwise convolutions) is built once per x86-64 vector width and picks
 //! one per call with [`Isa::best`]. Tests run each kernel under every
 //! [`Isa::available`] width with [`Isa::capped`], so a machine with AVX-512
 //! also checks the AVX2 and portable builds another machine would run, and
 //! the tests' output says which widths ran.
+
+pub mod simd;
 
 use std::cell::Cell;
 

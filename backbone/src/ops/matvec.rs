@@ -7,7 +7,7 @@
 //! product, whose AVX-512 kernel for a one-column right-hand side is 128
 //! rows tall: a 48-row weight is padded to 128, and the 32 products took
 //! 93 to 145 µs of a 1 ms frame at 6 GMAC/s or less. [`MatVec`] streams
-//! the weights once, vectorised by [`crate::simd`]: a short output as one
+//! the weights once, vectorised by [`crate::kernels::simd`]: a short output as one
 //! dot product per output (a running output vector would wait on its own
 //! store every input), a long one as `y += x[i] * W[i, :]`, in L1.
 
@@ -63,12 +63,12 @@ impl EvalOp for MatVec {
         ensure!(x.len() == i, "MatVec takes {i} values, got {:?}", x.shape());
         let weights = self.weights.try_as_plain_ram()?;
         let weights = weights.as_slice::<f32>()?;
-        let y: Vec<f32> = crate::flat::with_values(&x, |x| {
+        let y: Vec<f32> = crate::ops::flat::with_values(&x, |x| {
             Ok(if self.by_output {
-                weights.chunks_exact(i).map(|row| crate::simd::dot(row, x)).collect()
+                weights.chunks_exact(i).map(|row| crate::kernels::simd::dot(row, x)).collect()
             } else {
                 let mut y = vec![0f32; o];
-                crate::simd::gemv_rows(&mut y, x, weights);
+                crate::kernels::simd::gemv_rows(&mut y, x, weights);
                 y
             })
         })?;
@@ -90,7 +90,7 @@ impl TypedOp for MatVec {
 
 /// An f32 einsum `x · W` of a graph with known shapes, whose second input
 /// is a constant `[O, I]` matrix: what the ops replacing such einsums
-/// ([`MatVec`], [`crate::pointwise::Pointwise`]) read of it.
+/// ([`MatVec`], [`crate::ops::pointwise::Pointwise`]) read of it.
 pub(crate) struct WeightedEinsum {
     pub x_shape: TVec<usize>,
     pub y_shape: TVec<usize>,
@@ -210,7 +210,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(x, &data).unwrap().into_tvalue()];
             let want = generic.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
             let got = ours.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
-            crate::flat::assert_tensors_close(&want, &got, 1e-4, expr);
+            crate::ops::flat::assert_tensors_close(&want, &got, 1e-4, expr);
         }
     }
 

@@ -3,7 +3,7 @@
 //! project's rewrites step aside where their patterns do not match, and
 //! graphs that cannot give features are refused with the output named.
 
-use gaussedge_device::backbone::{declared_batch, Backbone, BackboneError, Rewrites};
+use gaussedge_backbone::{declared_batch, Backbone, BackboneError, Rewrites};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> Vec<u8> {

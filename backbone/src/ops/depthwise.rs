@@ -84,7 +84,7 @@ impl EvalOp for DepthwiseNhwc {
             pad_before: self.pad_before,
             output: self.output,
         };
-        crate::flat::with_values(&x, |x| {
+        crate::ops::flat::with_values(&x, |x| {
             for (image, out) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)) {
                 run(&geometry, image, weights.as_slice::<f32>()?, bias.as_slice::<f32>()?, out);
             }
@@ -134,12 +134,12 @@ struct Geometry {
 /// widest vector unit this CPU has.
 fn run(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match crate::cpu::Isa::best() {
+    match crate::kernels::Isa::best() {
         // SAFETY: `best` never names a width the CPU lacks.
-        crate::cpu::Isa::Avx512 => return unsafe { run_avx512(g, x, weights, bias, out) },
+        crate::kernels::Isa::Avx512 => return unsafe { run_avx512(g, x, weights, bias, out) },
         // SAFETY: as above.
-        crate::cpu::Isa::Avx2 => return unsafe { run_avx2(g, x, weights, bias, out) },
-        crate::cpu::Isa::Portable => {}
+        crate::kernels::Isa::Avx2 => return unsafe { run_avx2(g, x, weights, bias, out) },
+        crate::kernels::Isa::Portable => {}
     }
     run_body::<false>(g, x, weights, bias, out)
 }
@@ -366,7 +366,7 @@ pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<Window> {
 /// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and
 /// FMA or AVX-512, where tract has no depthwise vector kernel.
 pub fn wanted() -> bool {
-    crate::cpu::Isa::detected() > crate::cpu::Isa::Portable
+    crate::kernels::Isa::detected() > crate::kernels::Isa::Portable
 }
 
 /// Replaces every depthwise `Conv` of a channel-first typed graph with
@@ -447,7 +447,7 @@ mod tests {
             let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
             let want = generic.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
             let got = ours.into_optimized().unwrap().into_runnable().unwrap().run(input()).unwrap().remove(0);
-            crate::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{c} channels {padding:?}"));
+            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{c} channels {padding:?}"));
         }
     }
 
@@ -455,7 +455,7 @@ mod tests {
     /// with AVX-512 also checks the AVX2 build the next machine may pick.
     #[test]
     fn every_vector_width_agrees_with_the_plain_loop() {
-        let widths: Vec<_> = crate::cpu::Isa::available().map(crate::cpu::Isa::name).collect();
+        let widths: Vec<_> = crate::kernels::Isa::available().map(crate::kernels::Isa::name).collect();
         eprintln!("depthwise kernels checked on this CPU: {}", widths.join(", "));
         for (c, hw, k, stride, pad) in [(96, [9, 7], 3, 1, 1), (83, [6, 6], 5, 2, 2), (16, [3, 3], 3, 1, 0)] {
             let output = [(hw[0] + 2 * pad - k) / stride + 1, (hw[1] + 2 * pad - k) / stride + 1];
@@ -473,10 +473,10 @@ mod tests {
             let n = output[0] * output[1] * c;
             let mut plain = vec![0f32; n];
             run_body::<false>(&g, &x, &w, &b, &mut plain);
-            for isa in crate::cpu::Isa::available() {
+            for isa in crate::kernels::Isa::available() {
                 let mut out = vec![0f32; n];
-                crate::cpu::Isa::capped(isa, || run(&g, &x, &w, &b, &mut out));
-                crate::flat::assert_close(&plain, &out, 1e-5, &format!("{}, {c} channels", isa.name()));
+                crate::kernels::Isa::capped(isa, || run(&g, &x, &w, &b, &mut out));
+                crate::ops::flat::assert_close(&plain, &out, 1e-5, &format!("{}, {c} channels", isa.name()));
             }
         }
     }
