@@ -2,6 +2,15 @@
 //!
 //! Its own crate so that everything that reads bundles (the host, the
 //! simulator, the fuzz targets) does so without linking a runtime.
+//!
+//! ```no_run
+//! let bundle = gaussedge_bundle::Bundle::read("models/cifar10-b0-base5".as_ref())?;
+//! // The backbone's bytes were checked against the manifest's SHA-256.
+//! assert_eq!(bundle.manifest.sha256_bytes(), Some(gaussedge_bundle::sha256(&bundle.onnx)));
+//! println!("{} features from {:?}", bundle.manifest.feature_dim, bundle.manifest.layers);
+//! # Ok::<(), gaussedge_bundle::BundleError>(())
+//! ```
+#![warn(missing_docs)]
 
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::{HeadSettings, Transform, Weighting};
@@ -9,16 +18,22 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+/// The backbone's file in a bundle folder.
 pub const BACKBONE: &str = "backbone.onnx";
+/// The base statistics' file (optional: a bundle may ship a bare backbone).
 pub const STATS: &str = "head.stats";
+/// The manifest's file.
 pub const MANIFEST: &str = "manifest.json";
 
 /// Head settings recorded in the manifest: what `eval` and the demo use by
 /// default for this bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeadDefaults {
+    /// How class scatters are pooled (fixed when a head is made).
     pub weighting: Weighting,
+    /// Regulariser, prior, debias and novelty score (changeable later).
     pub settings: HeadSettings,
+    /// The feature transform; its centre comes with the statistics.
     pub transform: Transform,
 }
 
@@ -26,13 +41,17 @@ pub struct HeadDefaults {
 /// details under `extra`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`MANIFEST_FORMAT`]: a reader refuses formats it does not know.
     pub format: u32,
+    /// The dataset the labels come from (`cifar10`, `fashion-mnist`, a folder).
     pub dataset: String,
     /// Labels of all the dataset's classes, by class number.
     pub labels: Vec<String>,
     /// Classes the backbone was trained on (and `head.stats` holds).
     pub base_classes: Vec<u16>,
+    /// How a camera frame becomes the backbone's input.
     pub preprocess: Preprocess,
+    /// Length of the feature vector the head sees.
     pub feature_dim: usize,
     /// Outputs of `backbone.onnx` whose concatenation is the feature vector
     /// (`feature_dim` wide in all). A backbone may export more outputs than
@@ -41,11 +60,13 @@ pub struct Manifest {
     pub layers: Vec<String>,
     /// Hex SHA-256 of `backbone.onnx`.
     pub backbone_sha256: String,
+    /// The head design the statistics were fitted with.
     pub head: HeadDefaults,
     /// How the "unknown" threshold in `head.stats` was chosen (absent in
     /// bundles written before it was calibrated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// What made the bundle (recipe, command, metrics); devices ignore it.
     #[serde(default)]
     pub extra: serde_json::Value,
 }
@@ -57,8 +78,11 @@ pub struct Manifest {
 /// They are left out of the statistics fit as well.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeldOut {
+    /// Seed of the split.
     pub seed: u64,
+    /// Share of each base class held out, in (0, 1).
     pub fraction: f64,
+    /// Images per class kept before splitting (`train --limit-per-class`).
     #[serde(default)]
     pub limit_per_class: Option<usize>,
 }
@@ -74,6 +98,7 @@ pub struct Calibration {
     pub threshold: f64,
     /// Held-out samples it was measured on.
     pub samples: usize,
+    /// Which images those were.
     pub held_out: HeldOut,
     /// `[tpr, threshold]` pairs over a range of rates, so another rate can
     /// be chosen later without the samples (`gaussedge threshold --tpr`).
@@ -114,25 +139,34 @@ impl Calibration {
     }
 }
 
+/// The manifest format this build reads and writes.
 pub const MANIFEST_FORMAT: u32 = 1;
 
 /// The output every exported backbone has: the pooled last layer.
 pub const DEFAULT_LAYER: &str = "features";
 
+/// The layers of a manifest that names none: [`DEFAULT_LAYER`].
 pub fn default_layers() -> Vec<String> {
     vec![DEFAULT_LAYER.to_string()]
 }
 
+/// Why a bundle was refused; each names the file or the field.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are what the messages print
 pub enum BundleError {
+    /// A file could not be read.
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// The manifest is not the JSON this build reads.
     #[error("{path}: bad manifest: {source}")]
     Manifest { path: String, source: serde_json::Error },
+    /// The manifest is of another format.
     #[error("{path}: manifest format {found}, this build reads {MANIFEST_FORMAT}")]
     Format { path: String, found: u32 },
+    /// The backbone is not the one the manifest (and its statistics) were made for.
     #[error("backbone.onnx has SHA-256 {actual}, the manifest says {expected}")]
     Hash { expected: String, actual: String },
+    /// A field is out of range or inconsistent with another.
     #[error("manifest: {0}")]
     Invalid(String),
 }
@@ -143,12 +177,9 @@ pub const MAX_SIDE: u16 = 4096;
 /// Largest feature vector a manifest may announce.
 pub const MAX_FEATURE_DIM: usize = 1 << 16;
 
+/// SHA-256 of a file's bytes: what binds statistics to their backbone.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
@@ -156,6 +187,7 @@ fn read(path: &Path) -> Result<Vec<u8>, BundleError> {
 }
 
 impl Manifest {
+    /// Reads and checks `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(MANIFEST);
         Manifest::from_bytes(&path.display().to_string(), &read(&path)?)
@@ -206,15 +238,10 @@ impl Manifest {
         Ok(())
     }
 
+    /// The backbone's SHA-256 as bytes; `None` unless it is 64 hex digits.
     pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
-        let s = self.backbone_sha256.as_bytes();
-        if s.len() != 64 {
-            return None;
-        }
         let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(std::str::from_utf8(&s[2 * i..2 * i + 2]).ok()?, 16).ok()?;
-        }
+        hex::decode_to_slice(&self.backbone_sha256, &mut out).ok()?;
         Some(out)
     }
 }
@@ -222,12 +249,16 @@ impl Manifest {
 /// A bundle read from disk, the backbone verified against the manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bundle {
+    /// The checked manifest.
     pub manifest: Manifest,
+    /// `backbone.onnx`, its SHA-256 the manifest's.
     pub onnx: Vec<u8>,
+    /// `head.stats`, when the bundle has one (not parsed here).
     pub stats: Option<Vec<u8>>,
 }
 
 impl Bundle {
+    /// Reads a bundle folder and checks its manifest and backbone.
     pub fn read(dir: &Path) -> Result<Self, BundleError> {
         let manifest = Manifest::read(dir)?;
         let onnx = read(&dir.join(BACKBONE))?;
@@ -248,7 +279,7 @@ impl Bundle {
     }
 
     fn checked(manifest: Manifest, onnx: Vec<u8>, stats: Option<Vec<u8>>) -> Result<Self, BundleError> {
-        let actual = hex(&sha256(&onnx));
+        let actual = hex::encode(sha256(&onnx));
         if actual != manifest.backbone_sha256 {
             return Err(BundleError::Hash { expected: manifest.backbone_sha256.clone(), actual });
         }

@@ -200,7 +200,7 @@ mod tests {
             preprocess: Preprocess { width: 8, height: 8, channels: 1, mean: [0.5; 3], std: [0.25; 3] },
             feature_dim: 16,
             layers: bundle::default_layers(),
-            backbone_sha256: bundle::hex(&bundle::sha256(&onnx)),
+            backbone_sha256: hex::encode(bundle::sha256(&onnx)),
             head: HeadDefaults {
                 weighting: Estimator::Pooled.weighting(),
                 settings: Estimator::Pooled.settings(),

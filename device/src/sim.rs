@@ -206,7 +206,7 @@ impl SimPlatform {
             .map_err(|e| Fault::new(ErrorCode::BadStats, &format!("manifest: {e}")))?;
         manifest.check().map_err(|e| Fault::new(ErrorCode::BadStats, &e.to_string()))?;
         let sha = bundle::sha256(onnx);
-        if bundle::hex(&sha) != manifest.backbone_sha256 {
+        if hex::encode(sha) != manifest.backbone_sha256 {
             return Err(Fault::new(ErrorCode::UploadHash, "staged backbone does not match the staged manifest"));
         }
         let info = BackboneInfo { preprocess: manifest.preprocess, dim: manifest.feature_dim, sha256: sha };

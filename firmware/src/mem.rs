@@ -60,12 +60,11 @@ fn write_at(buf: &mut Vec<u8>, offset: usize, bytes: &[u8]) {
     buf[offset..offset + bytes.len()].copy_from_slice(bytes);
 }
 
-/// SplitMix64: a stateless hash of a counter, for weights and pixels.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// A stateless hash of a counter, for weights and pixels: SplitMix64's
+/// first output from state `z`.
+fn mix(z: u64) -> u64 {
+    use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+    rand_xoshiro::SplitMix64::seed_from_u64(z).next_u64()
 }
 
 /// A backbone: its bytes, their SHA-256, and the projection they seed.

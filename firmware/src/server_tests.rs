@@ -696,7 +696,7 @@ fn fuzz_seed_corpora_are_current() {
         preprocess: preprocess(),
         feature_dim: DIM,
         layers: gaussedge_bundle::default_layers(),
-        backbone_sha256: gaussedge_bundle::hex(&MemPlatform::sha256_of(FACTORY)),
+        backbone_sha256: gaussedge_shared::stats::Hex(&MemPlatform::sha256_of(FACTORY)).to_string(),
         head: gaussedge_bundle::HeadDefaults {
             weighting: Estimator::Pooled.weighting(),
             settings: Estimator::Pooled.settings(),

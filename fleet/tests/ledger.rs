@@ -4,20 +4,20 @@ use gaussedge_fleet::{FleetError, Ledger, Summary, SummaryError};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
 use gaussedge_shared::stats::{self, Expect, StatsMeta};
 use gaussedge_shared::{label, Estimator, Transform};
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
 const DIM: usize = 12;
 const SHA: [u8; 32] = [3; 32];
 
-struct Rng(u64);
+/// `rand_xoshiro`'s SplitMix64 (the state the seed itself) with normal draws.
+struct Rng(SplitMix64);
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(SplitMix64::seed_from_u64(seed))
+    }
     fn normal(&mut self) -> f64 {
-        let mut u = || {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut u = || (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let (a, b) = (u().max(1e-300), u());
         (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
     }
@@ -88,7 +88,7 @@ struct World {
 }
 
 fn world() -> World {
-    let mut r = Rng(41);
+    let mut r = Rng::new(41);
     let mut base = Head::with_capacity(config()).unwrap();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         let xs = r.class(3.0 * i as f64, 200);

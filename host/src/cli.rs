@@ -1,11 +1,12 @@
 //! `gaussedge`: the host CLI.
 
+use crate::build;
 use crate::data::{self, parse_classes, DatasetKind, Split};
-use crate::fit::{self, class_label, write_bundle, Extractor};
-use crate::util::{write_atomic, Confusion};
+use crate::fit;
+use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gaussedge_bundle::{self as bundle, hex, HeadDefaults, Manifest, MANIFEST_FORMAT};
+use gaussedge_bundle::{self as bundle, HeadDefaults, Manifest};
 use gaussedge_shared::config::Estimator;
 use gaussedge_shared::stats::{self, StatsMeta};
 use gaussedge_shared::Transform;
@@ -299,6 +300,10 @@ struct TrainArgs {
     /// image side.
     #[arg(long, default_value_t = 0)]
     cutout: u16,
+    /// LogitNorm: train on logits scaled to unit norm over this
+    /// temperature (Wei et al. 2022 used 0.04 on CIFAR-10); 0 is off.
+    #[arg(long, default_value_t = 0.0)]
+    logit_norm: f64,
     /// Use the tiny test variant of the network.
     #[arg(long)]
     tiny: bool,
@@ -612,7 +617,7 @@ pub fn main() -> Result<()> {
             let p = info.preprocess;
             for (k, v) in [
                 ("firmware", format!("{} (protocol {})", info.firmware, info.protocol)),
-                ("backbone", hex(&info.backbone_sha256)),
+                ("backbone", hex::encode(info.backbone_sha256)),
                 ("input", format!("{}x{}x{}", p.width, p.height, p.channels)),
                 ("feature dim", info.dim.to_string()),
                 ("classes", format!("{} of capacity {}", info.classes, info.capacity)),
@@ -693,30 +698,9 @@ fn held_out_of(m: &Manifest, fraction: Option<f64>) -> bundle::HeldOut {
 /// when a backbone's own validation split is not known.
 const DEFAULT_HELD_OUT: f64 = 0.1;
 
-/// Gaussian-head accuracy over the test split (all classes).
-fn head_test_accuracy(
-    extractor: &Extractor,
-    kind: DatasetKind,
-    dir: &Path,
-    head: &mut gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>,
-    label_to_class: &dyn Fn(&str) -> Option<u16>,
-) -> Result<Confusion> {
-    let test = data::load(kind, dir, Split::Test)?;
-    let features = extractor.extract_cached(&test, kind, Split::Test, true)?;
-    let d = extractor.dim();
-    let mut conf = Confusion::new(test.class_names.len());
-    for (s, x) in test.samples.iter().zip(features.chunks_exact(d)) {
-        let p = head.classify(x, None)?;
-        let class = label_to_class(head.slots()[p.class].label.as_str()).unwrap_or(u16::MAX);
-        conf.add(s.label, class);
-    }
-    Ok(conf)
-}
-
 #[cfg(feature = "train")]
 fn train(a: TrainArgs) -> Result<()> {
     use crate::arch::ArchConfig;
-    use crate::onnx::{self, ExportOptions};
     use crate::train::{self as tr, Recipe, TrainJob};
 
     tch::set_num_threads(a.threads);
@@ -739,6 +723,10 @@ fn train(a: TrainArgs) -> Result<()> {
         bail!("--cutout {} must be smaller than the image side {}", a.cutout, recipe.size);
     }
     recipe.cutout = a.cutout;
+    if !(a.logit_norm.is_finite() && a.logit_norm >= 0.0) {
+        bail!("--logit-norm takes a temperature > 0 (or 0 for off), not {}", a.logit_norm);
+    }
+    recipe.logit_norm = a.logit_norm;
     recipe.arch = ArchConfig::b0(recipe.outputs(classes.len()));
     if a.no_augment {
         recipe.crop_pad = 0;
@@ -763,17 +751,9 @@ fn train(a: TrainArgs) -> Result<()> {
         progress: true,
     };
     let trained = tr::train(&job)?;
-    let pre = trained.state.normalization.preprocess(a.size);
-
-    // The FC head on the full test split (the seed's first table).
-    let test = data::load(a.data.dataset, &dir, Split::Test)?;
-    let inputs = tr::dataset_tensor(&test, &pre)?;
-    let preds = tr::fc_predictions(&trained.arch, &trained.weights, &classes, &inputs)?;
-    drop(inputs);
-    let mut fc = Confusion::new(test.class_names.len());
-    for (s, p) in test.samples.iter().zip(&preds) {
-        fc.add(s.label, *p);
-    }
+    let report =
+        build::from_trained(&a.out, &trained, a.data.dataset, &dir, &classes, a.limit_per_class, &checkpoint_dir)?;
+    let fc = &report.fc;
     println!(
         "FC head, {}-class test accuracy {:.4} (base classes {:.4})",
         fc.classes,
@@ -781,152 +761,10 @@ fn train(a: TrainArgs) -> Result<()> {
         fc.accuracy_of(&classes)
     );
     println!("{}", fc.render());
-
-    let onnx = onnx::export(
-        &trained.arch,
-        &trained.weights,
-        &ExportOptions {
-            height: a.size as usize,
-            width: a.size as usize,
-            logits: true,
-            block_features: (0..trained.arch.blocks.len()).collect(),
-        },
-    )?;
-    let layers = fit::block_layers(trained.arch.blocks.len());
-    let extractor = Extractor::new(&onnx, pre, &layers, 32)?;
-    let head_defaults = fit::recommended_head();
-    let held = bundle::HeldOut {
-        seed: trained.state.recipe.seed,
-        fraction: trained.state.recipe.val_fraction,
-        limit_per_class: a.limit_per_class,
-    };
-    let train_split = data::load(a.data.dataset, &dir, Split::Train)?;
-    let fitted = fit::fit_base(
-        &extractor,
-        a.data.dataset,
-        &train_split,
-        &classes,
-        &head_defaults,
-        64,
-        held,
-        crate::calibrate::DEFAULT_TPR,
-        true,
-    )?;
-    drop(train_split);
-    let mut head = fitted.head;
-    let names = test.class_names.clone();
-    let lookup = |l: &str| {
-        names.iter().enumerate().find(|(c, n)| class_label(n, *c as u16).as_str() == l).map(|(c, _)| c as u16)
-    };
-    let gauss = head_test_accuracy(&extractor, a.data.dataset, &dir, &mut head, &lookup)?;
-    println!("Gaussian head (base classes only), {}-class test accuracy {:.4}", gauss.classes, gauss.accuracy());
-
-    let metrics = serde_json::json!({
-        "fc_test_accuracy": fc.accuracy(),
-        "fc_base_test_accuracy": fc.accuracy_of(&classes),
-        "fc_confusion": fc.matrix,
-        "gaussian_base_only_test_accuracy": gauss.accuracy(),
-        "history": trained.state.history,
-    });
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        dataset: a.data.dataset.name().into(),
-        labels: names.clone(),
-        base_classes: classes.clone(),
-        preprocess: pre,
-        feature_dim: extractor.dim(),
-        layers,
-        backbone_sha256: hex(&extractor.sha256),
-        head: head_defaults,
-        calibration: Some(fitted.calibration),
-        extra: serde_json::json!({
-            "recipe": trained.state.recipe,
-            "limit_per_class": a.limit_per_class,
-            "checkpoint": crate::util::portable_path(&checkpoint_dir),
-            "metrics": metrics,
-            "command": crate::util::portable_command(),
-        }),
-    };
-    write_bundle(&a.out, &onnx, &head, &manifest)?;
-    write_atomic(&a.out.join("metrics.json"), &serde_json::to_vec_pretty(&metrics)?)?;
-    write_model_card(&a.out, &manifest)?;
+    let g = &report.gaussian;
+    println!("Gaussian head (base classes only), {}-class test accuracy {:.4}", g.classes, g.accuracy());
     println!("bundle written to {}", a.out.display());
     Ok(())
-}
-
-const CALIBRATION_HEADING: &str = "\n## \"Unknown\" threshold\n";
-
-/// The model card's section on the threshold (`train` writes it, `fit`
-/// replaces it).
-fn calibration_section(c: &bundle::Calibration) -> String {
-    format!(
-        "{CALIBRATION_HEADING}\nA prediction whose novelty score is above {:.3} is answered \"unknown\": that keeps \
-         {:.1}% of {} held-out training images of the base classes (seed {}, {:.0}% of each class, never seen by the \
-         backbone's training when it was trained by gaussedge, left out of the statistics fit). Change it with \
-         `gaussedge threshold`.\n",
-        c.threshold,
-        100.0 * c.target_tpr,
-        c.samples,
-        c.held_out.seed,
-        100.0 * c.held_out.fraction
-    )
-}
-
-/// Replaces (or adds) the threshold section of an existing model card.
-fn update_model_card(dir: &Path, c: &bundle::Calibration) -> Result<()> {
-    let path = dir.join("MODEL_CARD.md");
-    let Ok(card) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let (head, rest) = match card.find(CALIBRATION_HEADING) {
-        Some(i) => {
-            let after = &card[i + CALIBRATION_HEADING.len()..];
-            (&card[..i], after.find("\n## ").map_or("", |j| &after[j..]))
-        }
-        None => (card.as_str(), ""),
-    };
-    let mut out = head.trim_end().to_string();
-    out.push('\n');
-    out += &calibration_section(c);
-    out += rest;
-    write_atomic(&path, out.as_bytes())
-}
-
-fn write_model_card(dir: &Path, m: &Manifest) -> Result<()> {
-    let metrics = &m.extra["metrics"];
-    let mut card = format!(
-        "# {name}\n\nEfficientNet-b0 feature extractor trained by gaussedge on {dataset} classes {classes:?} \
-         ({labels}), with the base classes' Gaussian-head statistics.\n\n\
-         * command: `{command}`\n* input: {w}x{h}, {c} channels, mean {mean:?}, std {std:?}\n\
-         * feature dim: {d}, the concatenation of the backbone outputs {layers}\n\
-         * backbone.onnx SHA-256: `{sha}`\n* head: {head:?}\n\n## Recipe\n\n```json\n{recipe}\n```\n\n## Metrics\n\n\
-         * FC head, 10-class test accuracy: {fc}\n* FC head, base-class test accuracy: {fcb}\n\
-         * Gaussian head before any new class, 10-class test accuracy: {g}\n\n\
-         ## Intended use\n\nA starting point for on-device class-incremental learning with the gaussedge \
-         head. Trained on {dataset} only: features for very different imagery will be weak.\n",
-        name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        dataset = m.dataset,
-        classes = m.base_classes,
-        labels = m.base_classes.iter().map(|&c| m.labels[c as usize].as_str()).collect::<Vec<_>>().join(", "),
-        command = m.extra["command"].as_str().unwrap_or(""),
-        w = m.preprocess.width,
-        h = m.preprocess.height,
-        c = m.preprocess.channels,
-        mean = m.preprocess.mean,
-        std = m.preprocess.std,
-        d = m.feature_dim,
-        layers = m.layers.join(", "),
-        sha = m.backbone_sha256,
-        head = m.head,
-        recipe = serde_json::to_string_pretty(&m.extra["recipe"])?,
-        fc = metrics["fc_test_accuracy"],
-        fcb = metrics["fc_base_test_accuracy"],
-        g = metrics["gaussian_base_only_test_accuracy"],
-    );
-    if let Some(c) = &m.calibration {
-        card += &calibration_section(c);
-    }
-    card += "\nPer-epoch history is in `metrics.json`. Accuracy while classes are added on the device: \
-              `gaussedge eval --bundle <this folder>` and bench/accuracy.md.\n";
-    write_atomic(&dir.join("MODEL_CARD.md"), card.as_bytes())
 }
 
 fn export(a: ExportArgs) -> Result<()> {
@@ -945,7 +783,7 @@ fn export(a: ExportArgs) -> Result<()> {
         &ExportOptions { height: size, width: size, logits: a.logits, block_features: a.blocks.clone() },
     )?;
     write_atomic(&a.out, &bytes)?;
-    println!("{} ({} bytes, SHA-256 {})", a.out.display(), bytes.len(), hex(&bundle::sha256(&bytes)));
+    println!("{} ({} bytes, SHA-256 {})", a.out.display(), bytes.len(), hex::encode(bundle::sha256(&bytes)));
     Ok(())
 }
 
@@ -987,52 +825,31 @@ fn bundle_cmd(a: BundleArgs) -> Result<()> {
     };
     let pre = gaussedge_shared::stats::Preprocess { width, height, channels: a.channels, mean, std };
     pre.check().map_err(anyhow::Error::msg)?;
-    let extractor = Extractor::new(&onnx, pre, &a.outputs, 32)
-        .with_context(|| format!("{} cannot serve as a gaussedge backbone", a.onnx.display()))?;
-    let head = fit::recommended_head();
-    let held = bundle::HeldOut { seed: 0, fraction: a.held_out, limit_per_class: None };
-    let fitted = fit::fit_base(&extractor, kind, &train, &classes, &head, a.capacity, held, a.tpr, true)?;
     let source = a.source.clone().unwrap_or_else(|| format!("an ONNX file, {}", a.onnx.display()));
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        dataset: kind.name().into(),
-        labels: train.class_names.clone(),
-        base_classes: classes.clone(),
+    let built = build::build(build::Spec {
+        onnx: &onnx,
         preprocess: pre,
-        feature_dim: extractor.dim(),
         layers: a.outputs.clone(),
-        backbone_sha256: hex(&extractor.sha256),
-        head,
-        calibration: Some(fitted.calibration.clone()),
+        kind,
+        train: &train,
+        base: &classes,
+        head: fit::recommended_head(),
+        capacity: a.capacity,
+        held_out: bundle::HeldOut { seed: 0, fraction: a.held_out, limit_per_class: None },
+        tpr: a.tpr,
+        batch: 32,
         extra: serde_json::json!({
             "source": source,
             "onnx": crate::util::portable_path(&a.onnx),
             "command": crate::util::portable_command(),
         }),
-    };
-    manifest.check()?;
-    write_bundle(&a.out, &onnx, &fitted.head, &manifest)?;
-    let c = &fitted.calibration;
-    let card = format!(
-        "# {name}\n\nA gaussedge bundle around a feature extractor that gaussedge did not train: {source}.\n\n\
-         * command: `{command}`\n* input: {w}x{h}, {ch} channels, mean {mean:?}, std {std:?}\n\
-         * feature dim: {d}, the concatenation of the outputs {layers}\n* backbone.onnx SHA-256: `{sha}`\n\
-         * base classes: {classes:?} of {dataset}, statistics fitted through tract\n* head: {head:?}\n{cal}\n\
-         ## Intended use\n\nThe network's features are what they are: gaussedge adds classes on top of them \
-         without training. Check `gaussedge eval --bundle <this folder>` on data like yours.\n",
-        name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        command = manifest.extra["command"].as_str().unwrap_or(""),
-        w = width,
-        h = height,
-        ch = a.channels,
-        d = manifest.feature_dim,
-        layers = a.outputs.join(", "),
-        sha = manifest.backbone_sha256,
-        dataset = kind.name(),
-        head = manifest.head,
-        cal = calibration_section(c),
-    );
-    write_atomic(&a.out.join("MODEL_CARD.md"), card.as_bytes())?;
+        progress: true,
+    })
+    .with_context(|| format!("{} cannot serve as a gaussedge backbone", a.onnx.display()))?;
+    let manifest = &built.manifest;
+    build::write(&a.out, &onnx, &built.head, manifest)?;
+    build::write_foreign_card(&a.out, manifest, &source)?;
+    let c = manifest.calibration.as_ref().context("calibration")?;
     println!(
         "bundle written to {}: {} features from {}, {} base classes; \"unknown\" above novelty {:.3} (keeps {:.1}% of {} held-out images)",
         a.out.display(),
@@ -1072,9 +889,9 @@ fn fit_cmd(a: FitArgs) -> Result<()> {
         100.0 * c.target_tpr,
         c.samples
     );
-    update_model_card(&a.bundle, &fitted.calibration)?;
+    build::update_card_calibration(&a.bundle, &fitted.calibration)?;
     manifest.calibration = Some(fitted.calibration);
-    write_bundle(&a.bundle, &b.onnx, &fitted.head, &manifest)?;
+    build::write(&a.bundle, &b.onnx, &fitted.head, &manifest)?;
     Ok(())
 }
 
@@ -1254,7 +1071,7 @@ fn threshold(a: ThresholdArgs) -> Result<()> {
                 "{} is not the bundle this device runs (backbone {} here, {} on the device)",
                 dir.display(),
                 m.backbone_sha256,
-                hex(&info.backbone_sha256)
+                hex::encode(info.backbone_sha256)
             );
             Some(m.calibration.with_context(|| format!("{} has no calibration; run `gaussedge fit`", dir.display()))?)
         }
@@ -1342,18 +1159,18 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         a.via.is_none() || setup.extractor.layers == setup.bundle.manifest.layers,
         "--layers cannot change through a device: it runs the bundle's own layers"
     );
+    let protocol = |seed| eval::Protocol { head: &head, base: &base, add: &add, shots: a.shots, seed, progress: true };
     let (stages, novelty, device) = match &a.via {
         Some(port) => {
             let mut c = PortArgs { port: port.clone(), baud: 921_600, timeout: 10.0 }.connect()?;
-            let (stages, novelty) =
-                crate::demo::through_device(&mut c, &setup, &head, &base, &add, a.shots.map(|s| s as u32), a.seed)?;
+            let (stages, novelty) = crate::demo::through_device(&mut c, &setup, &protocol(a.seed))?;
             (vec![stages], novelty, true)
         }
         None => {
             let mut all = vec![];
             let mut nov = None;
             for draw in 0..a.draws.max(1) {
-                let (s, n) = eval::run_in_process(&setup, &head, &base, &add, a.shots, a.seed + draw as u64, true)?;
+                let (s, n) = eval::run_in_process(&setup, &protocol(a.seed + draw as u64))?;
                 all.push(s);
                 nov = Some(n);
             }

@@ -10,9 +10,7 @@
 use crate::client::Client;
 use crate::eval::{self, Labels, Novelty, Setup, Stage};
 use crate::fit;
-use crate::rng::Rng;
 use anyhow::{bail, ensure, Context, Result};
-use gaussedge_bundle::HeadDefaults;
 use gaussedge_data::DatasetKind;
 use gaussedge_shared::head::{GaussianHead, OwnedStorage};
 use gaussedge_shared::stats::{self, StatsMeta};
@@ -104,18 +102,10 @@ pub enum Source {
     Frames,
 }
 
-/// The protocol through a device. Returns the stages and the base head's
-/// novelty figures.
-pub fn through_device(
-    client: &mut Client,
-    setup: &Setup,
-    head: &HeadDefaults,
-    base: &[u16],
-    add: &[u16],
-    shots: Option<u32>,
-    seed: u64,
-) -> Result<(Vec<Stage>, Novelty)> {
-    run_device(client, setup, head, base, add, shots, seed, Source::Frames, false).map(|r| (r.stages, r.novelty))
+/// The protocol through a device, the new classes' training images sent as
+/// frames. Returns the stages and the base head's novelty figures.
+pub fn through_device(client: &mut Client, setup: &Setup, protocol: &eval::Protocol) -> Result<(Vec<Stage>, Novelty)> {
+    run_device(client, setup, protocol, Source::Frames, false).map(|r| (r.stages, r.novelty))
 }
 
 pub struct DeviceRun {
@@ -127,68 +117,87 @@ pub struct DeviceRun {
     pub agreement: Option<f64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run_device(
-    client: &mut Client,
-    setup: &Setup,
-    head: &HeadDefaults,
-    base: &[u16],
-    add: &[u16],
-    shots: Option<u32>,
-    seed: u64,
+/// The learner on a device: the base head pushed as statistics, each class
+/// learned from frames (or the device's camera) and committed there, and
+/// every stage scored with the statistics pulled back, so what is measured
+/// is what the device holds.
+pub struct OnDevice<'c> {
+    client: &'c mut Client,
     source: Source,
-    predict_on_device: bool,
-) -> Result<DeviceRun> {
-    let capacity = base.len() + add.len();
-    let (base_head, threshold) = setup.base_head(head, base, capacity, true)?;
-    let meta = StatsMeta {
-        backbone_sha256: setup.extractor.sha256,
-        preprocess: setup.extractor.pre,
-        novelty_threshold: threshold,
-        ..Default::default()
-    };
-    let bytes = stats::to_vec(&base_head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
-    client.push_stats(&bytes).context("pushing the base statistics")?;
-    let truth = setup.truth();
-    let (mut pulled, device_threshold) = head_from(&client.pull_stats()?, capacity)?;
-    ensure!(
-        device_threshold.total_cmp(&threshold).is_eq(),
-        "the device took threshold {device_threshold} from statistics that bring {threshold}"
-    );
-    let novelty = eval::novelty(&mut pulled, &setup.test_features, &truth, base, add)?;
-    let mut stages =
-        vec![eval::evaluate(&mut pulled, &setup.test_features, &truth, &setup.labels, base, &[], threshold)?];
-    print_stage(stages.last().expect("stage"), &setup.labels, 0);
-    let mut rng = Rng::new(seed);
-    for (i, &c) in add.iter().enumerate() {
-        let label = setup.labels.label(c);
-        client.begin_class(label.clone(), false)?;
-        let staged = match source {
-            Source::Camera => client.capture(shots.context("camera capture needs a sample count")?, Some(c))?,
+    shots: Option<usize>,
+    capacity: usize,
+    pulled: Option<(GaussianHead<OwnedStorage>, f64)>,
+}
+
+impl eval::Learner for OnDevice<'_> {
+    fn start(&mut self, setup: &Setup, base: GaussianHead<OwnedStorage>, threshold: f64) -> Result<()> {
+        let meta = StatsMeta {
+            backbone_sha256: setup.extractor.sha256,
+            preprocess: setup.extractor.pre,
+            novelty_threshold: threshold,
+            ..Default::default()
+        };
+        let bytes = stats::to_vec(&base, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.client.push_stats(&bytes).context("pushing the base statistics")?;
+        let (pulled, device_threshold) = head_from(&self.client.pull_stats()?, self.capacity)?;
+        ensure!(
+            device_threshold.total_cmp(&threshold).is_eq(),
+            "the device took threshold {device_threshold} from statistics that bring {threshold}"
+        );
+        self.pulled = Some((pulled, threshold));
+        Ok(())
+    }
+
+    fn learn(&mut self, setup: &Setup, class: u16, chosen: &[usize]) -> Result<usize> {
+        self.client.begin_class(setup.labels.label(class), false)?;
+        let staged = match self.source {
+            Source::Camera => {
+                let shots = self.shots.context("camera capture needs a sample count")?;
+                self.client.capture(u32::try_from(shots)?, Some(class))?
+            }
             Source::Frames => {
-                let idx = setup.train.indices_of(c);
-                let chosen: Vec<usize> = match shots {
-                    Some(k) => rng.sample(idx.len(), k as usize).into_iter().map(|j| idx[j]).collect(),
-                    None => idx,
-                };
-                let bar = fit::bar(true, chosen.len() as u64, &format!("sending class {c}"));
+                let bar = fit::bar(true, chosen.len() as u64, &format!("sending class {class}"));
                 let mut n = 0;
-                for j in chosen {
+                for &j in chosen {
                     let s = &setup.train.samples[j];
-                    n = client.learn(s.format, &s.pixels)?;
+                    n = self.client.learn(s.format, &s.pixels)?;
                     bar.inc(1);
                 }
                 bar.finish_and_clear();
                 n
             }
         };
-        client.commit()?;
-        let (mut now, t) = head_from(&client.pull_stats()?, capacity)?;
-        stages.push(eval::evaluate(&mut now, &setup.test_features, &truth, &setup.labels, base, &add[..=i], t)?);
-        eprintln!("learned class {c} ({}) on the device from {staged} samples", setup.labels.0[c as usize]);
-        print_stage(stages.last().expect("stage"), &setup.labels, i + 1);
-        pulled = now;
+        self.client.commit()?;
+        self.pulled = Some(head_from(&self.client.pull_stats()?, self.capacity)?);
+        Ok(staged as usize)
     }
+
+    fn head(&mut self) -> Result<(&mut GaussianHead<OwnedStorage>, f64)> {
+        let (head, threshold) = self.pulled.as_mut().context("the device learner was not started")?;
+        Ok((head, *threshold))
+    }
+}
+
+/// The protocol on a device ([`OnDevice`]), then a check that the host's
+/// features of the test set, on which every stage was scored, are the
+/// device's.
+pub fn run_device(
+    client: &mut Client,
+    setup: &Setup,
+    protocol: &eval::Protocol,
+    source: Source,
+    predict_on_device: bool,
+) -> Result<DeviceRun> {
+    let capacity = protocol.base.len() + protocol.add.len();
+    let mut learner = OnDevice { client, source, shots: protocol.shots, capacity, pulled: None };
+    let (stages, novelty) = eval::run(setup, &mut learner, protocol, &mut |stage, i, taken| {
+        if let (Some(c), Some(n)) = (stage.added, taken) {
+            eprintln!("learned class {c} ({}) on the device from {n} samples", setup.labels.0[c as usize]);
+        }
+        print_stage(stage, &setup.labels, i);
+    })?;
+    let OnDevice { client, pulled, .. } = learner;
+    let (mut pulled, threshold) = pulled.context("the device learner was not started")?;
     // Every stage above was scored on the host's features of the test set:
     // check that they are the device's. The whole set when asked for (the
     // demo), else a spread sample of it (`eval --via`).
@@ -282,9 +291,11 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
         info.firmware,
         info.dim,
         info.capacity,
-        gaussedge_bundle::hex(&info.backbone_sha256)
+        hex::encode(info.backbone_sha256)
     );
-    let run = run_device(&mut client, &setup, &head, &base, &add, Some(shots), 0, Source::Camera, true)?;
+    let protocol =
+        eval::Protocol { head: &head, base: &base, add: &add, shots: Some(shots as usize), seed: 0, progress: true };
+    let run = run_device(&mut client, &setup, &protocol, Source::Camera, true)?;
     let elapsed = started.elapsed().as_secs_f64();
     println!("\n{}", eval::render_table(&run.stages, &setup.labels));
     let last = run.stages.last().context("no stage")?;

@@ -237,11 +237,9 @@ impl Setup {
         let d = self.extractor.dim();
         let same_features = self.extractor.layers == self.bundle.manifest.layers;
         if let (Some(bytes), true) = (&self.bundle.stats, same_features) {
-            let header = stats::read_header(bytes)?;
+            let expect = stats::Expect { backbone_sha256: Some(self.extractor.sha256) };
+            let (mut h, header) = GaussianHead::from_stats(bytes, capacity, &expect)?;
             if header.weighting == head.weighting && header.transform == head.transform {
-                // Loading sets the transform and its centre from the file.
-                let mut h = fit::head_for_stats(d, capacity)?;
-                stats::load(&mut h, bytes, &stats::Expect { backbone_sha256: Some(self.extractor.sha256) })?;
                 let same_settings = h.settings() == head.settings;
                 h.set_settings(head.settings)?;
                 let classes: Vec<u16> =
@@ -281,48 +279,113 @@ impl Setup {
     }
 }
 
-/// Picks `shots` random training rows of `class` (all when `None`).
-pub fn pick_rows(
-    features: &[f32],
-    labels: &[u16],
-    d: usize,
-    class: u16,
-    shots: Option<usize>,
-    rng: &mut Rng,
-) -> Vec<f32> {
-    let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
-    let chosen: Vec<usize> = match shots {
+/// What learns the new classes in the protocol: the head in this process
+/// ([`InProcess`]), or a device over its link (`demo::OnDevice`). The
+/// protocol draws the samples and scores every stage on the host's features
+/// of the test set, so both learners run the same protocol on the same
+/// samples for the same seed, and their figures compare.
+pub trait Learner {
+    /// Installs the base head and its "unknown" threshold.
+    fn start(&mut self, setup: &Setup, base: GaussianHead<OwnedStorage>, threshold: f64) -> Result<()>;
+    /// Learns `class` from the training samples at `chosen` (indices into
+    /// `setup.train`); returns how many samples it took.
+    fn learn(&mut self, setup: &Setup, class: u16, chosen: &[usize]) -> Result<usize>;
+    /// The head as the learner holds it now, and its threshold.
+    fn head(&mut self) -> Result<(&mut GaussianHead<OwnedStorage>, f64)>;
+}
+
+/// The learner in this process: the host's head, learning from the
+/// training set's cached features.
+#[derive(Default)]
+pub struct InProcess {
+    head: Option<(GaussianHead<OwnedStorage>, f64)>,
+    train: Option<Vec<f32>>,
+    progress: bool,
+}
+
+impl InProcess {
+    pub fn new(progress: bool) -> Self {
+        InProcess { progress, ..Default::default() }
+    }
+}
+
+impl Learner for InProcess {
+    fn start(&mut self, _: &Setup, base: GaussianHead<OwnedStorage>, threshold: f64) -> Result<()> {
+        self.head = Some((base, threshold));
+        Ok(())
+    }
+
+    fn learn(&mut self, setup: &Setup, class: u16, chosen: &[usize]) -> Result<usize> {
+        let train = match &mut self.train {
+            Some(t) => t,
+            t => t.insert(setup.train_features(self.progress).context("training features")?),
+        };
+        let (head, _) = self.head.as_mut().context("the learner was not started")?;
+        let rows = fit::rows_at(train, setup.extractor.dim(), chosen);
+        fit::learn_class(head, setup.labels.label(class), &rows)?;
+        Ok(chosen.len())
+    }
+
+    fn head(&mut self) -> Result<(&mut GaussianHead<OwnedStorage>, f64)> {
+        let (head, threshold) = self.head.as_mut().context("the learner was not started")?;
+        Ok((head, *threshold))
+    }
+}
+
+/// The training samples of `class` the protocol gives the learner: `shots`
+/// of them drawn at random, or all.
+pub fn draw(train: &Dataset, class: u16, shots: Option<usize>, rng: &mut Rng) -> Vec<usize> {
+    let idx = train.indices_of(class);
+    match shots {
         Some(k) => rng.sample(idx.len(), k).into_iter().map(|j| idx[j]).collect(),
         None => idx,
-    };
-    fit::rows_at(features, d, &chosen)
+    }
+}
+
+/// The protocol's settings: the head design, which classes are the base and
+/// in which order the rest are added, how many samples each new class gets,
+/// and the seed they are drawn with.
+pub struct Protocol<'a> {
+    pub head: &'a HeadDefaults,
+    pub base: &'a [u16],
+    pub add: &'a [u16],
+    pub shots: Option<usize>,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+/// The seed's protocol with any learner: the base head, then each new class
+/// learned and the whole test set scored after it. `on_stage` sees each
+/// stage as it is scored, with the number of samples the class was learned
+/// from. Returns the stages and the base head's novelty figures.
+pub fn run(
+    setup: &Setup,
+    learner: &mut dyn Learner,
+    p: &Protocol,
+    on_stage: &mut dyn FnMut(&Stage, usize, Option<usize>),
+) -> Result<(Vec<Stage>, Novelty)> {
+    let capacity = (p.base.len() + p.add.len()).max(1);
+    let (base_head, threshold) = setup.base_head(p.head, p.base, capacity, p.progress)?;
+    learner.start(setup, base_head, threshold)?;
+    let truth = setup.truth();
+    let (head, threshold) = learner.head()?;
+    let novelty = novelty(head, &setup.test_features, &truth, p.base, p.add)?;
+    let mut stages = vec![evaluate(head, &setup.test_features, &truth, &setup.labels, p.base, &[], threshold)?];
+    on_stage(&stages[0], 0, None);
+    let mut rng = Rng::new(p.seed);
+    for (i, &c) in p.add.iter().enumerate() {
+        let chosen = draw(&setup.train, c, p.shots, &mut rng);
+        let taken = learner.learn(setup, c, &chosen)?;
+        let (head, threshold) = learner.head()?;
+        stages.push(evaluate(head, &setup.test_features, &truth, &setup.labels, p.base, &p.add[..=i], threshold)?);
+        on_stage(stages.last().expect("stage"), i + 1, Some(taken));
+    }
+    Ok((stages, novelty))
 }
 
 /// The whole protocol in process.
-pub fn run_in_process(
-    setup: &Setup,
-    head_settings: &HeadDefaults,
-    base: &[u16],
-    add: &[u16],
-    shots: Option<usize>,
-    seed: u64,
-    progress: bool,
-) -> Result<(Vec<Stage>, Novelty)> {
-    let capacity = base.len() + add.len();
-    let (mut head, threshold) = setup.base_head(head_settings, base, capacity.max(1), progress)?;
-    let truth = setup.truth();
-    let novelty = novelty(&mut head, &setup.test_features, &truth, base, add)?;
-    let mut stages = vec![evaluate(&mut head, &setup.test_features, &truth, &setup.labels, base, &[], threshold)?];
-    let train = setup.train_features(progress).context("training features")?;
-    let labels: Vec<u16> = setup.train.samples.iter().map(|s| s.label).collect();
-    let d = setup.extractor.dim();
-    let mut rng = Rng::new(seed);
-    for (i, &c) in add.iter().enumerate() {
-        let rows = pick_rows(&train, &labels, d, c, shots, &mut rng);
-        fit::learn_class(&mut head, setup.labels.label(c), &rows)?;
-        stages.push(evaluate(&mut head, &setup.test_features, &truth, &setup.labels, base, &add[..=i], threshold)?);
-    }
-    Ok((stages, novelty))
+pub fn run_in_process(setup: &Setup, p: &Protocol) -> Result<(Vec<Stage>, Novelty)> {
+    run(setup, &mut InProcess::new(p.progress), p, &mut |_, _, _| {})
 }
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";

@@ -6,7 +6,7 @@ use crate::data::{Dataset, DatasetKind, Split};
 use crate::prep;
 use anyhow::{bail, Context, Result};
 use gaussedge_backbone::Backbone;
-use gaussedge_bundle::{hex, sha256, HeadDefaults};
+use gaussedge_bundle::{sha256, HeadDefaults};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::{label, Transform};
@@ -70,15 +70,15 @@ impl Extractor {
         let layers = if self.layers == gaussedge_bundle::default_layers() {
             String::new()
         } else {
-            format!("-{}", &hex(&sha256(self.layers.join(",").as_bytes()))[..8])
+            format!("-{}", &hex::encode(sha256(self.layers.join(",").as_bytes()))[..8])
         };
         let path = cache_dir().join("features").join(format!(
             "{}{layers}-{}-{:?}-{}-{}.f32",
-            &hex(&self.sha256)[..16],
+            &hex::encode(self.sha256)[..16],
             kind.name(),
             split,
             ds.len(),
-            &hex(&dataset_digest(ds))[..16]
+            &hex::encode(dataset_digest(ds))[..16]
         ));
         if let Ok(bytes) = std::fs::read(&path) {
             if bytes.len() == ds.len() * d * 4 {
@@ -168,17 +168,6 @@ pub fn new_head(
         h.set_center(&center)?;
     }
     Ok(h)
-}
-
-/// An empty head to load a statistics file into: the file brings the
-/// weighting, settings, transform and centre.
-pub fn head_for_stats(dim: usize, capacity: usize) -> Result<GaussianHead<OwnedStorage>> {
-    let plain = HeadDefaults {
-        weighting: gaussedge_shared::Weighting::Count,
-        settings: gaussedge_shared::Estimator::Pooled.settings(),
-        transform: Transform::IDENTITY,
-    };
-    new_head(dim, capacity, &plain, &[])
 }
 
 /// Learns one class from its features (all rows of `features`).
@@ -385,27 +374,4 @@ pub fn recommended_head() -> HeadDefaults {
 /// Outputs `features_0` .. `features_{blocks-1}`: the recommended layers.
 pub fn block_layers(blocks: usize) -> Vec<String> {
     (0..blocks).map(crate::onnx::block_output).collect()
-}
-
-/// Writes a bundle folder: the backbone, the head's statistics, the manifest.
-pub fn write_bundle(
-    dir: &Path,
-    onnx: &[u8],
-    head: &gaussedge_shared::GaussianHead<gaussedge_shared::head::OwnedStorage>,
-    manifest: &gaussedge_bundle::Manifest,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let meta = gaussedge_shared::stats::StatsMeta {
-        backbone_sha256: manifest.sha256_bytes().context("manifest hash")?,
-        preprocess: manifest.preprocess,
-        // A bundle's statistics travel to devices: half the bytes, and the
-        // head widens them back to f64 on load.
-        precision: gaussedge_shared::stats::Precision::F32,
-        novelty_threshold: manifest.calibration.as_ref().map_or(f64::INFINITY, |c| c.threshold),
-    };
-    let stats_bytes = gaussedge_shared::stats::to_vec(head, &meta).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::util::write_atomic(&dir.join(gaussedge_bundle::BACKBONE), onnx)?;
-    crate::util::write_atomic(&dir.join(gaussedge_bundle::STATS), &stats_bytes)?;
-    crate::util::write_atomic(&dir.join(gaussedge_bundle::MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
-    Ok(())
 }

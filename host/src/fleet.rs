@@ -269,10 +269,6 @@ pub struct Status {
     pub forgets: Vec<(u64, String)>,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 pub fn status(snap: &Snapshot) -> Result<Status> {
     let mut head_classes = vec![];
     if let Some(h) = &snap.head {
@@ -291,7 +287,7 @@ pub fn status(snap: &Snapshot) -> Result<Status> {
                 device: m.device.clone(),
                 generation: m.generation,
                 forgets_applied: m.forgets_applied,
-                parent: m.parent.map(|p| hex(&p)),
+                parent: m.parent.map(hex::encode),
                 classes,
                 error,
             }
@@ -299,7 +295,7 @@ pub fn status(snap: &Snapshot) -> Result<Status> {
         .collect();
     Ok(Status {
         head_generation: snap.head.as_ref().map(|h| h.generation),
-        head_sha256: snap.head.as_ref().map(|h| hex(&h.sha256)),
+        head_sha256: snap.head.as_ref().map(|h| hex::encode(h.sha256)),
         head_bytes: snap.head.as_ref().map(|h| h.stats.len()),
         head_classes,
         included: snap.head.as_ref().map(|h| h.included.clone()).unwrap_or_default(),

@@ -3,6 +3,7 @@
 //! behind the `gaussedge` CLI.
 
 pub mod arch;
+pub mod build;
 pub mod calibrate;
 pub use gaussedge_data as data;
 pub mod cli;

@@ -46,15 +46,41 @@ pub fn resolve_portable(recorded: &str) -> PathBuf {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync and a rename,
-/// so a crash leaves the old file or the new one, never half of one.
+/// Writes `bytes` to `path` through a temporary file in the same folder,
+/// fsync and a rename (`tempfile`'s persist), then syncs the folder, so a
+/// crash leaves the old file or the new one, never half of one, and two
+/// writers never share a temporary name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    let mut tmp = temp_beside(path, "")?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+    persist(tmp, path)
+}
+
+/// A temporary file in `path`'s folder (a rename stays on one file
+/// system), named after it, ending in `suffix`.
+pub fn temp_beside(path: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(suffix)
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+}
+
+/// Syncs `tmp` and renames it over `path`, then syncs the folder so the
+/// new name is durable too.
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Accuracy and confusion matrix (`true x predicted`, `classes x classes`).
@@ -119,6 +145,21 @@ impl Confusion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_replace_the_file_and_leave_no_temporary_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.bin");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new contents").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("stats.bin")]);
+        // A folder that is not there is named, and nothing is created.
+        let err = write_atomic(&dir.path().join("missing/stats.bin"), b"x").unwrap_err();
+        assert!(format!("{err:#}").contains("missing"), "{err:#}");
+        assert!(!dir.path().join("missing").exists());
+    }
 
     #[test]
     fn confusion_counts() {

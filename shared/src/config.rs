@@ -32,6 +32,7 @@ pub enum Prior {
 }
 
 impl Prior {
+    /// The log prior of a class learned from `count` samples.
     #[inline]
     pub fn log_prior(self, count: u64) -> f64 {
         match self {
@@ -69,7 +70,9 @@ pub enum NoveltyScore {
 /// every class.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeadSettings {
+    /// How the pooled covariance is kept invertible.
     pub regularizer: Regularizer,
+    /// The class prior added to each discriminant.
     pub prior: Prior,
     /// Subtract from each class's squared distances the noise energy of its
     /// estimated mean (see [`crate::head::GaussianHead::spread`]). Matters
@@ -99,7 +102,9 @@ impl HeadSettings {
 /// reach down to about -0.28, so a shift makes them non-negative first.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Power {
+    /// Added before the power (makes SiLU outputs non-negative).
     pub shift: f32,
+    /// The power (Tukey's `0.5` is a square root).
     pub exponent: f32,
 }
 
@@ -108,6 +113,7 @@ pub struct Power {
 /// fixed for the life of a head and stored in its statistics file.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Transform {
+    /// Tukey's power transform, first, when set.
     pub power: Option<Power>,
     /// Subtract a centre (the mean of the base classes' features, stored with
     /// the statistics) and scale to unit L2 norm.
@@ -115,6 +121,7 @@ pub struct Transform {
 }
 
 impl Transform {
+    /// Features as the backbone gives them.
     pub const IDENTITY: Transform = Transform { power: None, center_l2: false };
 
     /// `Err(what)` if a parameter would make every transformed feature NaN
@@ -175,6 +182,7 @@ pub enum Estimator {
 }
 
 impl Estimator {
+    /// How the preset pools class scatters.
     pub fn weighting(self) -> Weighting {
         match self {
             Estimator::Seed => Weighting::ClassMean,
@@ -182,6 +190,7 @@ impl Estimator {
         }
     }
 
+    /// The preset's run-time settings.
     pub fn settings(self) -> HeadSettings {
         match self {
             Estimator::Seed => HeadSettings {

@@ -43,8 +43,11 @@ pub fn label(s: &str) -> Option<Label> {
 /// One class of the head.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClassSlot {
+    /// The class's label (unique among active slots).
     pub label: Label,
+    /// Samples it was learned from.
     pub count: u64,
+    /// Whether the slot holds a class (forgotten slots are reused).
     pub active: bool,
 }
 
@@ -57,15 +60,19 @@ pub trait Storage {
     /// Both, mutably and at once.
     fn parts_mut(&mut self) -> (&mut [f64], &mut [ClassSlot]);
 
+    /// The float arena.
     fn floats(&self) -> &[f64] {
         self.parts().0
     }
+    /// The float arena, mutably.
     fn floats_mut(&mut self) -> &mut [f64] {
         self.parts_mut().0
     }
+    /// The class table.
     fn slots(&self) -> &[ClassSlot] {
         self.parts().1
     }
+    /// The class table, mutably.
     fn slots_mut(&mut self) -> &mut [ClassSlot] {
         self.parts_mut().1
     }
@@ -73,7 +80,9 @@ pub trait Storage {
 
 /// Storage in buffers the caller owns (for example `static mut` arrays).
 pub struct BorrowedStorage<'a> {
+    /// [`Layout::floats`] values.
     pub floats: &'a mut [f64],
+    /// [`Layout::capacity`] slots.
     pub slots: &'a mut [ClassSlot],
 }
 
@@ -102,6 +111,7 @@ mod owned {
     }
 
     impl OwnedStorage {
+        /// Zeroed storage for `layout`.
         pub fn new(layout: Layout) -> Self {
             OwnedStorage { floats: vec![0.0; layout.floats()], slots: vec![ClassSlot::default(); layout.capacity] }
         }
@@ -133,7 +143,9 @@ mod owned {
 /// Offsets of the head's regions in its float arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// Feature dimension.
     pub dim: usize,
+    /// Class slots.
     pub capacity: usize,
 }
 
@@ -214,10 +226,15 @@ const STAGE_MEAN: usize = 1;
 /// Construction parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeadConfig {
+    /// Feature dimension.
     pub dim: usize,
+    /// Class slots, fixed for the head's life.
     pub capacity: usize,
+    /// How class scatters pool (fixed: it is part of the statistics).
     pub weighting: Weighting,
+    /// Run-time settings ([`GaussianHead::set_settings`] changes them).
     pub settings: HeadSettings,
+    /// Feature transform (fixed: statistics live in transformed space).
     pub transform: Transform,
 }
 
@@ -236,37 +253,54 @@ impl HeadConfig {
 /// What went wrong. Every error leaves the head as it was (a failed commit
 /// also drops the staged samples, see [`GaussianHead::commit`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // the fields are what the messages print
 pub enum HeadError {
+    /// Borrowed storage of the wrong size for the layout.
     #[error("storage holds {got} floats and {got_slots} class slots, the layout needs {need} and {need_slots}")]
     StorageSize { need: usize, got: usize, need_slots: usize, got_slots: usize },
+    /// A feature vector of another length than the head's.
     #[error("feature has {got} values, the head expects {expected}")]
     DimMismatch { expected: usize, got: usize },
+    /// A NaN or infinity in a feature: refused before it reaches the sums.
     #[error("feature contains a NaN or infinite value")]
     NonFinite,
+    /// No free class slot.
     #[error("the head is full ({capacity} classes)")]
     Full { capacity: usize },
+    /// A new class under an existing label.
     #[error("a class labelled {0:?} already exists")]
     DuplicateLabel(Label),
+    /// No class has that label.
     #[error("no class labelled {0:?}")]
     UnknownClass(Label),
+    /// A class is being learned; the request needs none to be.
     #[error("class {0:?} is being learned: commit or abort it first")]
     Busy(Label),
+    /// Learn, commit or abort with no class begun.
     #[error("no class is being learned")]
     NotLearning,
+    /// Commit of a class with no samples.
     #[error("the class being learned has no samples")]
     EmptyClass,
+    /// Extending a class under class-mean weighting.
     #[error("extending an existing class needs count weighting; the seed estimator keeps no per-class scatter")]
     ExtendUnsupported,
+    /// Predict or save with no class.
     #[error("the head has no classes")]
     NoClasses,
+    /// The regularised covariance did not factor; the head is unchanged.
     #[error("covariance is not positive definite (pivot {pivot:e} at row {row}); use more shrinkage")]
     NotPositiveDefinite { row: usize, pivot: f64 },
+    /// Setting the centre after classes were learned in its space.
     #[error("the centre vector must be set before any class is learned")]
     NotEmpty,
+    /// Zero, or too large to address, dimension or capacity.
     #[error("no head can be made with feature dimension {dim} and capacity {capacity}")]
     TooLarge { dim: usize, capacity: usize },
+    /// A setting out of its range.
     #[error("invalid head setting: {0}")]
     InvalidSetting(&'static str),
+    /// A count past the exact range of the sums.
     #[error("a class would count more than {} samples", MAX_COUNT)]
     CountOverflow,
 }
@@ -292,6 +326,7 @@ pub struct Prediction {
 /// What a successful commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
+    /// Slot of the class.
     pub class: usize,
     /// Samples the class now has in total.
     pub count: u64,
@@ -384,24 +419,31 @@ impl<S: Storage> GaussianHead<S> {
         })
     }
 
+    /// Where the head's regions lie in its arena.
     pub fn layout(&self) -> Layout {
         self.layout
     }
+    /// Feature dimension.
     pub fn dim(&self) -> usize {
         self.layout.dim
     }
+    /// Class slots.
     pub fn capacity(&self) -> usize {
         self.layout.capacity
     }
+    /// How class scatters pool.
     pub fn weighting(&self) -> Weighting {
         self.weighting
     }
+    /// The run-time settings in force.
     pub fn settings(&self) -> HeadSettings {
         self.settings
     }
+    /// The feature transform.
     pub fn transform(&self) -> Transform {
         self.transform
     }
+    /// What a head like this one is made from.
     pub fn config(&self) -> HeadConfig {
         HeadConfig {
             dim: self.layout.dim,
@@ -415,6 +457,7 @@ impl<S: Storage> GaussianHead<S> {
     pub fn scatter_norm(&self) -> f64 {
         self.norm
     }
+    /// Every slot, active or not, by slot number.
     pub fn slots(&self) -> &[ClassSlot] {
         self.storage.slots()
     }
@@ -422,9 +465,11 @@ impl<S: Storage> GaussianHead<S> {
     pub fn classes(&self) -> impl Iterator<Item = (usize, &ClassSlot)> {
         self.slots().iter().enumerate().filter(|(_, s)| s.active)
     }
+    /// Active classes.
     pub fn class_count(&self) -> usize {
         self.classes().count()
     }
+    /// The slot of the active class labelled `label`.
     pub fn find(&self, label: &str) -> Option<usize> {
         self.classes().find(|(_, s)| s.label.as_str() == label).map(|(i, _)| i)
     }

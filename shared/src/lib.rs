@@ -17,6 +17,7 @@
 //! * [`wire`]: protocol messages and COBS/CRC framing.
 #![no_std]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

@@ -128,7 +128,9 @@ pub fn frobenius_sq(p: &[f64], d: usize) -> f64 {
 /// (numerically) positive definite. `row` is where it stopped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NotPositiveDefinite {
+    /// The row whose pivot failed.
     pub row: usize,
+    /// The pivot found there (zero, negative or NaN).
     pub pivot: f64,
 }
 

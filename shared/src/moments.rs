@@ -172,17 +172,22 @@ mod owned {
     /// property tests compare against a plain reference.
     #[derive(Debug, Clone, PartialEq)]
     pub struct ClassSummary {
+        /// Samples summarised.
         pub count: u64,
+        /// Their mean.
         pub mean: Vec<f64>,
+        /// `sum (x - mean)(x - mean)^T`, packed lower triangle.
         pub scatter: Vec<f64>,
         delta: Vec<f64>,
     }
 
     impl ClassSummary {
+        /// The summary of no samples in `dim` dimensions.
         pub fn new(dim: usize) -> Self {
             ClassSummary { count: 0, mean: vec![0.0; dim], scatter: vec![0.0; tri_len(dim)], delta: vec![0.0; dim] }
         }
 
+        /// The dimension.
         pub fn dim(&self) -> usize {
             self.mean.len()
         }

@@ -10,12 +10,17 @@
 use crate::stats::Preprocess;
 use crate::wire::FrameFormat;
 
+/// Why a frame could not become backbone input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // the fields are what the messages print
 pub enum PreprocessError {
+    /// A format with a zero side or a channel count other than 1 or 3.
     #[error("frame is {width}x{height}x{channels}; widths, heights and 1 or 3 channels are required")]
     BadFormat { width: u16, height: u16, channels: u8 },
+    /// The frame's bytes do not match its format.
     #[error("frame holds {got} bytes, its format says {expected}")]
     FrameLength { expected: usize, got: usize },
+    /// The output buffer is not the backbone input's size.
     #[error("output holds {got} values, the backbone input needs {expected}")]
     OutputLength { expected: usize, got: usize },
 }

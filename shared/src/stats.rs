@@ -30,6 +30,7 @@ use crate::linalg::tri_len;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
+/// The file's first four bytes.
 pub const MAGIC: [u8; 4] = *b"GEHS";
 /// Version 2 added [`StatsHeader::scatter_precision`]; version 3 added
 /// [`ClassRecord::spread`] and [`HeadSettings::debias`]; version 4 added
@@ -49,11 +50,15 @@ const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(
 /// so a device can refuse a mismatched pair and prepare frames itself.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Preprocess {
+    /// Input width in pixels (0: unknown, for heads without a backbone).
     pub width: u16,
+    /// Input height in pixels.
     pub height: u16,
     /// Channels the backbone takes (3); grey frames are replicated.
     pub channels: u8,
+    /// Per-channel mean subtracted from pixels scaled to `[0, 1]`.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation they are divided by.
     pub std: [f32; 3],
 }
 
@@ -67,8 +72,10 @@ pub struct Preprocess {
 /// exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Precision {
+    /// Eight bytes a value: bit-exact.
     #[default]
     F64,
+    /// Four bytes a value: widened to f64 on load.
     F32,
 }
 
@@ -88,6 +95,7 @@ impl Preprocess {
 }
 
 impl Precision {
+    /// Bytes a stored value takes.
     pub const fn bytes(self) -> usize {
         match self {
             Precision::F64 => 8,
@@ -99,18 +107,24 @@ impl Precision {
 /// The postcard header after the fixed prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StatsHeader {
+    /// Feature dimension.
     pub dim: u32,
     /// Capacity of the head that wrote the file (informational: a head with
     /// more room can load it).
     pub capacity: u32,
+    /// Class records that follow.
     pub classes: u32,
+    /// How class scatters pool.
     pub weighting: Weighting,
+    /// The run-time settings the head had.
     pub settings: HeadSettings,
+    /// The transform the statistics live in (its centre is in the file).
     pub transform: Transform,
     /// Normaliser `z` of the pooled accumulator.
     pub scatter_norm: f64,
     /// SHA-256 of the backbone ONNX these features come from.
     pub backbone_sha256: [u8; 32],
+    /// The backbone's input preprocessing.
     pub preprocess: Preprocess,
     /// Storage of the pooled accumulator.
     pub scatter_precision: Precision,
@@ -207,7 +221,9 @@ impl From<HeaderV4> for StatsHeader {
 /// Label, sample count and whitened spread of one class; its mean follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassRecord {
+    /// The class's label.
     pub label: Label,
+    /// Samples it was learned from.
     pub count: u64,
     /// [`GaussianHead::spread`]: finite and non-negative.
     pub spread: f64,
@@ -217,8 +233,11 @@ pub struct ClassRecord {
 /// to, how the accumulator is stored, and the "unknown" threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StatsMeta {
+    /// SHA-256 of the backbone the features come from.
     pub backbone_sha256: [u8; 32],
+    /// Its input preprocessing.
     pub preprocess: Preprocess,
+    /// How the pooled accumulator is stored.
     pub precision: Precision,
     /// See [`StatsHeader::novelty_threshold`].
     pub novelty_threshold: f64,
@@ -244,10 +263,14 @@ pub fn valid_threshold(t: f64) -> bool {
 /// What the loader insists on; `None` accepts anything.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Expect {
+    /// The backbone the statistics must belong to.
     pub backbone_sha256: Option<[u8; 32]>,
 }
 
-/// A SHA-256 (or any byte string) shown as hex.
+/// A SHA-256 (or any byte string) shown as hex, without allocating: error
+/// messages of a `no_std` build without an allocator use it (the `hex`
+/// crate encodes into a `String` or a caller's buffer, neither of which a
+/// `Display` of a 32-byte digest needs).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Hex<'a>(pub &'a [u8]);
 
@@ -266,27 +289,38 @@ impl fmt::Debug for Hex<'_> {
 /// Why a statistics file was refused. Loading never panics and never leaves
 /// a half-written head.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // the fields are what the messages print
 pub enum StatsError {
+    /// Fewer bytes than the header or the length field needs.
     #[error("statistics file truncated: {found} bytes, expected {expected}")]
     Truncated { expected: u64, found: u64 },
+    /// More or fewer bytes than the length field says.
     #[error("statistics file has {found} bytes, its header says {expected}")]
     LengthMismatch { expected: u64, found: u64 },
+    /// Not a statistics file at all.
     #[error("not a gaussedge statistics file (magic {0:02x?})")]
     BadMagic([u8; 4]),
+    /// A version this build does not read.
     #[error(
         "statistics format version {found} is not supported (this build reads versions {MIN_VERSION} to {supported})"
     )]
     UnsupportedVersion { found: u16, supported: u16 },
+    /// A flipped bit anywhere.
     #[error("statistics file is corrupt: CRC-32 {computed:08x}, stored {stored:08x}")]
     Crc { stored: u32, computed: u32 },
+    /// Intact bytes that do not describe a head (out-of-range values).
     #[error("statistics file is malformed: {0}")]
     Malformed(&'static str),
+    /// Statistics of another feature dimension than the head's.
     #[error("statistics are for feature dimension {file}, the head has {head}")]
     DimMismatch { file: u32, head: u32 },
+    /// Statistics of another backbone than the expected one.
     #[error("statistics belong to backbone {}, not the loaded backbone {}", Hex(file), Hex(expected))]
     BackboneMismatch { file: [u8; 32], expected: [u8; 32] },
+    /// More classes than the head has room for.
     #[error("statistics hold {classes} classes, the head has room for {capacity}")]
     TooManyClasses { classes: u32, capacity: u32 },
+    /// The head refused them (for example they do not factor).
     #[error("statistics cannot be installed: {0}")]
     Head(#[from] HeadError),
 }
@@ -294,8 +328,10 @@ pub enum StatsError {
 /// Writing failed: the sink's own error, or a head that is mid-learning.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError<E> {
+    /// The sink failed.
     #[error("writing statistics: {0}")]
     Sink(E),
+    /// A class is being learned.
     #[error("a class is being learned; commit or abort it before saving")]
     Busy,
 }

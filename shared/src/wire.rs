@@ -102,16 +102,20 @@ const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 /// Pixel layout of a raw frame: `u8`, row-major, channels interleaved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameFormat {
+    /// Pixels per row.
     pub width: u16,
+    /// Rows.
     pub height: u16,
     /// 1 (grey) or 3 (RGB).
     pub channels: u8,
 }
 
 impl FrameFormat {
+    /// Bytes of a frame of this format.
     pub fn len(&self) -> usize {
         self.width as usize * self.height as usize * self.channels as usize
     }
+    /// Whether a frame of this format holds no pixels (never valid).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -129,8 +133,11 @@ pub enum FrameUse {
 /// Files of a model bundle, each uploaded on its own and activated together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BundleFile {
+    /// `backbone.onnx`.
     Backbone,
+    /// `manifest.json`.
     Manifest,
+    /// `head.stats`, the base statistics.
     Stats,
 }
 
@@ -140,6 +147,7 @@ pub enum UploadTarget {
     /// Replace the head's statistics (verified, then applied atomically).
     Stats,
     /// A frame larger than one chunk.
+    #[allow(missing_docs)]
     Frame { format: FrameFormat, usage: FrameUse },
     /// One file of a new bundle, staged until [`Request::ActivateBundle`].
     Bundle(BundleFile),
@@ -151,11 +159,14 @@ pub enum DownloadSource {
     /// The head's committed statistics file.
     Stats,
     /// Sample `index` of the captures stored for `label`.
+    #[allow(missing_docs)]
     Capture { label: Label, index: u32 },
 }
 
-/// Requests, host to device.
+/// Requests, host to device. Fields are named for what they hold; each
+/// variant says what the device does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
 pub enum Request {
     /// Who are you? Answered with [`Response::Info`].
     Hello,
@@ -197,36 +208,51 @@ pub enum Request {
 /// Description of a device, answered to [`Request::Hello`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo {
+    /// [`PROTOCOL_VERSION`] of the firmware.
     pub protocol: u16,
+    /// The firmware's name and version.
     pub firmware: Text,
+    /// Feature dimension of the head (the backbone's output).
     pub dim: u32,
+    /// Classes the head has room for.
     pub capacity: u16,
+    /// Classes committed.
     pub classes: u16,
     /// Class being learned and samples staged.
     pub learning: Option<(Label, u64)>,
+    /// SHA-256 of the backbone the device runs.
     pub backbone_sha256: [u8; 32],
+    /// How it turns frames into backbone input.
     pub preprocess: Preprocess,
+    /// The head's regulariser, prior, debias and novelty score.
     pub settings: HeadSettings,
+    /// Novelty above which a prediction is answered "unknown".
     pub novelty_threshold: f64,
     /// Largest frame the device accepts.
     pub max_frame: FrameFormat,
+    /// Largest upload chunk it accepts.
     pub max_chunk: u32,
     /// Persistence slot the head was loaded from, and its generation.
     pub slot: Option<u8>,
+    /// Generation of the persisted state (0 before the first commit).
     pub generation: u64,
     /// Size of the committed statistics file.
     pub stats_len: u32,
     /// Requests applied since boot, and repeated requests answered from the
     /// response cache instead (a host retry after a lost answer).
     pub applied: u64,
+    /// Repeated requests answered from the cache.
     pub replayed: u64,
 }
 
 /// One class in a [`Response::Classes`] page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassEntry {
+    /// Slot of the class in the head.
     pub slot: u16,
+    /// Its label.
     pub label: Label,
+    /// Samples it was learned from.
     pub count: u64,
     /// Captured samples stored on the device for this class.
     pub stored: u32,
@@ -235,10 +261,15 @@ pub struct ClassEntry {
 /// A classification, answered to a predict frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionMsg {
+    /// Slot of the closest class.
     pub slot: u16,
+    /// Its label.
     pub label: Label,
+    /// Its discriminant score (higher is closer).
     pub score: f64,
+    /// The novelty score (the head's `NoveltyScore`).
     pub novelty: f64,
+    /// Whether `novelty` is above the device's threshold: "unknown".
     pub novel: bool,
 }
 
@@ -249,25 +280,41 @@ pub enum ErrorCode {
     BadRequest,
     /// Not allowed in the current state (for example learning in progress).
     Busy,
+    /// A learn frame, commit or abort without a class being learned.
     NotLearning,
+    /// The head has no free class slot.
     Full,
+    /// A new class under a label the head already has.
     DuplicateLabel,
+    /// No class has that label.
     UnknownClass,
+    /// Commit of a class with no samples.
     EmptyClass,
+    /// Predict with no class learned.
     NoClasses,
+    /// Statistics or features of another dimension than the head's.
     DimMismatch,
+    /// A frame whose format or length the device cannot take.
     BadFrame,
+    /// The shared covariance lost positive definiteness; nothing changed.
     NotPositiveDefinite,
+    /// A statistics file that does not verify; nothing changed.
     BadStats,
+    /// Statistics or a bundle made for another backbone.
     BackboneMismatch,
     /// Upload chunk out of order or beyond the announced length.
     UploadOrder,
     /// Uploaded bytes do not match the announced SHA-256.
     UploadHash,
+    /// A chunk or finish without an upload begun.
     NoUpload,
+    /// A download of something the device does not hold.
     NotFound,
+    /// The device's camera failed.
     Capture,
+    /// Writing to flash failed; the previous state stands.
     Storage,
+    /// The device does not do this (no camera, no bundle slots).
     Unsupported,
 }
 
@@ -275,47 +322,50 @@ pub enum ErrorCode {
 /// message lives in a fixed buffer, never behind a pointer.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
 pub enum Response {
+    /// Done.
     Ok,
+    /// Answer to [`Request::Hello`].
     Info(DeviceInfo),
-    Classes {
-        total: u16,
-        entries: heapless::Vec<ClassEntry, CLASSES_PER_PAGE>,
-    },
+    /// A page of classes from the asked index: `total` in all.
+    Classes { total: u16, entries: heapless::Vec<ClassEntry, CLASSES_PER_PAGE> },
     /// Samples staged for the class being learned.
-    Staged {
-        count: u64,
-    },
-    Committed {
-        slot: u16,
-        count: u64,
-    },
+    Staged { count: u64 },
+    /// The class is in the head at `slot`, learned from `count` samples.
+    Committed { slot: u16, count: u64 },
+    /// Answer to a predict frame.
     Prediction(PredictionMsg),
-    Data {
-        total: u32,
-        offset: u32,
-        data: Chunk,
-    },
-    Error {
-        code: ErrorCode,
-        detail: Detail,
-    },
+    /// Bytes at `offset` of a download `total` long.
+    Data { total: u32, offset: u32, data: Chunk },
+    /// The request failed and changed nothing.
+    Error { code: ErrorCode, detail: Detail },
 }
 
 /// Framing failures. None of them is fatal to a link: the receiver drops the
 /// frame and the sender's retry covers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// More than [`MAX_FRAME`] bytes before a delimiter.
     #[error("frame longer than {MAX_FRAME} bytes, dropped")]
     Oversize,
+    /// The bytes are not COBS.
     #[error("frame is not valid COBS")]
     Cobs,
+    /// Fewer bytes than a sequence number and a CRC.
     #[error("frame too short to hold a sequence number and CRC")]
     TooShort,
+    /// Corrupted on the way.
     #[error("frame CRC mismatch")]
     Crc,
+    /// Intact, but not a message of this protocol (its sequence number
+    /// lets the device answer it with an error).
     #[error("frame body does not parse as a message (sequence {seq})")]
-    Body { seq: u32 },
+    Body {
+        /// The frame's sequence number.
+        seq: u32,
+    },
+    /// Encoding: the message is larger than a frame's body.
     #[error("message does not fit in a frame")]
     TooLarge,
 }
@@ -344,7 +394,9 @@ pub fn encode_vec<T: Serialize>(seq: u32, message: &T) -> Result<alloc::vec::Vec
 /// A checked frame: its sequence number and the postcard body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawFrame<'a> {
+    /// The sender's sequence number (a repeat is a retry).
     pub seq: u32,
+    /// The postcard-encoded message.
     pub body: &'a [u8],
 }
 
@@ -380,6 +432,7 @@ pub fn decode(frame: &mut [u8]) -> Result<RawFrame<'_>, FrameError> {
 
 /// What [`FrameDecoder::feed`] found.
 #[derive(Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
 pub enum Feed<'a, 'b> {
     /// All input consumed, no frame complete yet.
     Consumed,
@@ -406,6 +459,7 @@ impl Default for FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// An empty decoder (`const`, so firmware can keep it in a static).
     pub const fn new() -> Self {
         FrameDecoder { buf: [0; MAX_FRAME], len: 0, overflow: false }
     }

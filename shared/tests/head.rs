@@ -297,7 +297,7 @@ fn a_few_shot_spread_is_close_to_the_exact_trace_after_commit() {
     // class, learned from 5 samples, in all 16: its noise lies where the
     // base covariance is tiny, the case the rescaling exists for.
     let dim = 16;
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     let sample = |rng: &mut Rng, centre: f64, wide: usize| -> Vec<f32> {
         (0..dim).map(|i| (centre + if i < wide { rng.normal() } else { 1e-2 * rng.normal() }) as f32).collect()
     };
@@ -545,7 +545,7 @@ fn borrowed_storage_and_shared_prediction() {
 #[test]
 fn own_spread_keeps_the_calibrated_share_of_a_wide_class_learned_from_few_samples() {
     let dim = 16;
-    let mut rng = Rng(29);
+    let mut rng = Rng::new(29);
     let class = |centre: f64, wide: f64, n: usize, rng: &mut Rng| -> Vec<Vec<f32>> {
         (0..n)
             .map(|_| (0..dim).map(|j| (centre + rng.normal() * if j < dim / 2 { wide } else { 1.0 }) as f32).collect())

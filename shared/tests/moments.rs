@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 /// Features shaped like pooled SiLU activations: positive-ish, uneven scale.
 fn samples(n: usize, dim: usize, seed: u64) -> Vec<Vec<f64>> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let scale: Vec<f64> = (0..dim).map(|_| 0.05 + rng.uniform()).collect();
     let offset: Vec<f64> = (0..dim).map(|_| rng.normal()).collect();
     (0..n).map(|_| (0..dim).map(|i| offset[i] + scale[i] * rng.normal()).collect()).collect()
@@ -71,7 +71,7 @@ fn check(dim: usize, n: usize, seed: u64, cuts: &[f64], order_seed: u64) {
     bounds.dedup();
     let pieces: Vec<&[Vec<f64>]> = bounds.windows(2).map(|w| &xs[w[0]..w[1]]).collect();
     let mut order: Vec<usize> = (0..pieces.len()).collect();
-    let mut rng = Rng(order_seed);
+    let mut rng = Rng::new(order_seed);
     for i in (1..order.len()).rev() {
         order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }

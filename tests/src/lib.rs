@@ -4,12 +4,13 @@
 //! and fitted with tract) built once per test binary.
 
 use anyhow::Result;
-use gaussedge_bundle::{hex, HeldOut, Manifest, MANIFEST_FORMAT};
+use gaussedge_bundle::HeldOut;
 use gaussedge_data::{Dataset, DatasetKind, Split};
 use gaussedge_host::arch::{Arch, ArchConfig};
+use gaussedge_host::build;
 use gaussedge_host::client::Client;
 use gaussedge_host::demo::Simulator;
-use gaussedge_host::fit::{self, Extractor};
+use gaussedge_host::fit;
 use gaussedge_host::net::EfficientNet;
 use gaussedge_host::onnx::{self, ExportOptions};
 use gaussedge_host::parity;
@@ -110,26 +111,22 @@ pub fn build_bundle(dir: &Path, data: &Path, width: f64, seed: i64) -> Result<()
     )?;
     // The product's head design: every block's pooled output, centred and
     // L2-normalised, so the tests exercise the multi-output path end to end.
-    let layers = fit::block_layers(arch.blocks.len());
-    let extractor = Extractor::new(&onnx, pre, &layers, 16)?;
-    let head = fit::recommended_head();
-    let held = HeldOut { seed: 0, fraction: 0.2, limit_per_class: None };
-    let fitted = fit::fit_base(&extractor, DatasetKind::Cifar10, &train, &BASE, &head, 16, held, 0.95, false)?;
-    let d = extractor.dim();
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        dataset: "cifar10".into(),
-        labels: train.class_names.clone(),
-        base_classes: BASE.to_vec(),
+    let built = build::build(build::Spec {
+        onnx: &onnx,
         preprocess: pre,
-        feature_dim: d,
-        layers,
-        backbone_sha256: hex(&extractor.sha256),
-        head,
-        calibration: Some(fitted.calibration),
+        layers: fit::block_layers(arch.blocks.len()),
+        kind: DatasetKind::Cifar10,
+        train: &train,
+        base: &BASE,
+        head: fit::recommended_head(),
+        capacity: 16,
+        held_out: HeldOut { seed: 0, fraction: 0.2, limit_per_class: None },
+        tpr: 0.95,
+        batch: 16,
         extra: serde_json::json!({"fixture": true}),
-    };
-    fit::write_bundle(dir, &onnx, &fitted.head, &manifest)
+        progress: false,
+    })?;
+    build::write(dir, &onnx, &built.head, &built.manifest)
 }
 
 pub fn fixture() -> &'static Fixture {

@@ -66,8 +66,7 @@ fn learn_predict_forget_and_find_it_all_after_a_restart() {
     let pulled = c.pull_stats().unwrap();
     let bundle = gaussedge_bundle::Bundle::read(&f.bundle).unwrap();
     let extractor = Extractor::new(&bundle.onnx, bundle.manifest.preprocess, &bundle.manifest.layers, 1).unwrap();
-    let mut local = gaussedge_host::fit::head_for_stats(extractor.dim(), 8).unwrap();
-    stats::load(&mut local, &pulled, &Expect::default()).unwrap();
+    let (mut local, _) = gaussedge_shared::GaussianHead::from_stats(&pulled, 8, &Expect::default()).unwrap();
     let idx: Vec<usize> = (0..test.len()).collect();
     let features = extractor.extract(&test, &idx, &gaussedge_host::fit::bar(false, 0, "")).unwrap();
     let d = extractor.dim();

@@ -9,6 +9,8 @@ use gaussedge_host::fleet::{self as net, Broker};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
 use gaussedge_shared::stats::{self, Expect, StatsMeta};
 use gaussedge_shared::{label, Estimator, Transform};
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,16 +83,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Rng(u64);
+/// `rand_xoshiro`'s SplitMix64 (the state the seed itself) with normal draws.
+struct Rng(SplitMix64);
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(SplitMix64::seed_from_u64(seed))
+    }
     fn normal(&mut self) -> f64 {
-        let mut u = || {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut u = || (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let (a, b) = (u().max(1e-300), u());
         (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
     }
@@ -184,7 +184,7 @@ fn a_fleet_over_mosquitto_merges_exactly_and_survives_restarts_duplicates_and_a_
 
     // The base, and what three devices learn over it: x on d1, y on d1 and
     // d2 (other samples), z on d2, w on d3.
-    let mut r = Rng(7);
+    let mut r = Rng::new(7);
     let mut base = GaussianHead::with_capacity(HeadConfig {
         dim: DIM,
         capacity: 8,

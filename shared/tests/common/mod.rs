@@ -5,18 +5,20 @@ use gaussedge_shared::config::{HeadSettings, Transform, Weighting};
 use gaussedge_shared::head::{GaussianHead, HeadConfig, OwnedStorage};
 use gaussedge_shared::label;
 use nalgebra::{DMatrix, DVector};
+use rand_xoshiro::rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
-/// Small deterministic generator (SplitMix64), so tests need no RNG crate
-/// and every failure reproduces.
-pub struct Rng(pub u64);
+/// A deterministic generator (`rand_xoshiro`'s SplitMix64, the state
+/// the seed itself), so every failure reproduces.
+pub struct Rng(SplitMix64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(SplitMix64::seed_from_u64(seed))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -32,7 +34,7 @@ impl Rng {
 /// `classes` Gaussian classes in `dim` dimensions sharing a random
 /// covariance, `per_class[c]` samples each, as f32 features.
 pub fn gaussian_classes(dim: usize, per_class: &[usize], seed: u64) -> Vec<Vec<Vec<f32>>> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mix = DMatrix::from_fn(dim, dim, |i, j| if i == j { 1.0 } else { 0.3 * rng.normal() / (dim as f64).sqrt() });
     per_class
         .iter()
