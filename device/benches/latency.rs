@@ -12,8 +12,8 @@
 
 use gaussedge_backbone::Backbone;
 use gaussedge_device::bundle::Bundle;
+use gaussedge_shared::frame::{frame_to_input, input_len};
 use gaussedge_shared::head::{GaussianHead, HeadConfig};
-use gaussedge_shared::preprocess::{frame_to_input, input_len};
 use gaussedge_shared::wire::FrameFormat;
 use gaussedge_shared::{label, Estimator, Transform};
 use std::hint::black_box;

@@ -21,7 +21,7 @@ use crate::platform::{BackboneInfo, Fault, Platform, Slot};
 use crate::samples::SampleStore;
 use alloc::vec;
 use alloc::vec::Vec;
-use gaussedge_shared::preprocess::{input_format, input_len};
+use gaussedge_shared::frame::{input_format, input_len};
 use gaussedge_shared::stats::Preprocess;
 use gaussedge_shared::wire::{BundleFile, ErrorCode, FrameFormat, UploadTarget};
 use sha2::{Digest, Sha256};

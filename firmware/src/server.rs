@@ -11,8 +11,8 @@
 
 use crate::persist::{self, Loaded, Persisted};
 use crate::platform::{BackboneInfo, Fault, Platform};
+use gaussedge_shared::frame::{frame_to_input, input_len};
 use gaussedge_shared::head::{GaussianHead, HeadError, Label, Storage};
-use gaussedge_shared::preprocess::{frame_to_input, input_len};
 use gaussedge_shared::stats::{self, StatsError, StatsMeta};
 use gaussedge_shared::wire::{
     self, ClassEntry, DeviceInfo, DownloadSource, ErrorCode, Feed, FrameFormat, FrameUse, PredictionMsg, Request,

@@ -956,7 +956,7 @@ fn label_arg(s: &str) -> Result<gaussedge_shared::Label> {
 /// and every one that cannot be is named, so a bad file fails the command
 /// with the device untouched rather than after half a folder.
 fn photos_for(info: &gaussedge_shared::wire::DeviceInfo, files: &[PathBuf]) -> Result<Vec<data::Sample>> {
-    let input = gaussedge_shared::preprocess::input_format(&info.preprocess);
+    let input = gaussedge_shared::frame::input_format(&info.preprocess);
     anyhow::ensure!(
         input.width <= info.max_frame.width && input.height <= info.max_frame.height,
         "the device's input {}x{} is larger than its largest frame {}x{}",

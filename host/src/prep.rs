@@ -2,7 +2,7 @@
 //! the device runs (`gaussedge_shared::preprocess`).
 
 use crate::data::Dataset;
-use gaussedge_shared::preprocess::{frame_to_input, input_format, input_len};
+use gaussedge_shared::frame::{frame_to_input, input_format, input_len};
 use gaussedge_shared::stats::Preprocess;
 use serde::{Deserialize, Serialize};
 

@@ -12,7 +12,9 @@
 //! * [`moments`]: Welford, Chan merge and removal, pooling of class scatters,
 //! * [`config`]: regularisers, priors, feature transforms, estimator presets,
 //! * [`head`]: the fixed-capacity head (learn, commit, abort, forget, predict),
-//! * [`preprocess`]: raw frames to normalised backbone input,
+//! * [`frame`]: frame formats, the backbone's preprocessing, raw frames to
+//!   normalised backbone input (beneath the file format and the protocol,
+//!   which both record them),
 //! * [`stats`]: the versioned, CRC-protected statistics file,
 //! * [`wire`]: protocol messages and COBS/CRC framing.
 #![no_std]
@@ -25,10 +27,10 @@ extern crate alloc;
 extern crate std;
 
 pub mod config;
+pub mod frame;
 pub mod head;
 pub mod linalg;
 pub mod moments;
-pub mod preprocess;
 pub mod stats;
 pub mod wire;
 

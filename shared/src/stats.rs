@@ -25,6 +25,7 @@
 //! head behind.
 
 use crate::config::{HeadSettings, NoveltyScore, Prior, Regularizer, Transform, Weighting};
+pub use crate::frame::Preprocess;
 use crate::head::{GaussianHead, HeadError, Label, Storage, MAX_COUNT};
 use crate::linalg::tri_len;
 use core::fmt;
@@ -46,22 +47,6 @@ const PREFIX: usize = 4 + 2 + 8;
 /// saving and loading.
 const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
 
-/// Image preprocessing the backbone expects, recorded with its statistics
-/// so a device can refuse a mismatched pair and prepare frames itself.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct Preprocess {
-    /// Input width in pixels (0: unknown, for heads without a backbone).
-    pub width: u16,
-    /// Input height in pixels.
-    pub height: u16,
-    /// Channels the backbone takes (3); grey frames are replicated.
-    pub channels: u8,
-    /// Per-channel mean subtracted from pixels scaled to `[0, 1]`.
-    pub mean: [f32; 3],
-    /// Per-channel standard deviation they are divided by.
-    pub std: [f32; 3],
-}
-
 /// How the pooled accumulator is stored. The head always accumulates in
 /// f64; `F32` halves the file (the accumulator is `D(D+1)/2` values, 13 MB
 /// at D = 1808 in f64) for bundles and link transfers, at a relative
@@ -77,21 +62,6 @@ pub enum Precision {
     F64,
     /// Four bytes a value: widened to f64 on load.
     F32,
-}
-
-impl Preprocess {
-    /// `Err(what)` if a normalisation constant is not finite or a set
-    /// standard deviation is not positive (a zero `Preprocess`, written by
-    /// heads that do not know their backbone, is accepted).
-    pub fn check(&self) -> Result<(), &'static str> {
-        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) {
-            return Err("preprocessing mean or std is not finite");
-        }
-        if self.width != 0 && self.std.iter().take(usize::from(self.channels.clamp(1, 3))).any(|&s| s <= 0.0) {
-            return Err("preprocessing std is not positive");
-        }
-        Ok(())
-    }
 }
 
 impl Precision {

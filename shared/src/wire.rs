@@ -22,8 +22,8 @@
 //! large images) moves in chunks of at most [`MAX_CHUNK`] bytes.
 
 use crate::config::HeadSettings;
+pub use crate::frame::{FrameFormat, Preprocess};
 use crate::head::Label;
-use crate::stats::Preprocess;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to the messages below.
@@ -98,28 +98,6 @@ pub fn cut_text<const N: usize>(value: &dyn core::fmt::Display) -> heapless::Str
 }
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-
-/// Pixel layout of a raw frame: `u8`, row-major, channels interleaved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FrameFormat {
-    /// Pixels per row.
-    pub width: u16,
-    /// Rows.
-    pub height: u16,
-    /// 1 (grey) or 3 (RGB).
-    pub channels: u8,
-}
-
-impl FrameFormat {
-    /// Bytes of a frame of this format.
-    pub fn len(&self) -> usize {
-        self.width as usize * self.height as usize * self.channels as usize
-    }
-    /// Whether a frame of this format holds no pixels (never valid).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// What the device does with a frame once it has all of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,14 +1,71 @@
-//! Raw camera frames to backbone input, the one implementation the device
-//! (at inference) and the host (for training data, statistics fitting and
+//! Frames: their format, the preprocessing a backbone expects, and raw
+//! camera frames to backbone input, the one implementation the device (at
+//! inference) and the host (for training data, statistics fitting and
 //! evaluation) both run, so they see identical pixels.
+//!
+//! It sits beneath the statistics file (which records the [`Preprocess`]
+//! its backbone needs) and the protocol (which carries [`FrameFormat`]s),
+//! and depends on neither.
 //!
 //! Frames are `u8`, row-major, channels interleaved (HWC), grey or RGB, any
 //! size. The output is `f32`, planar (CHW), resized with bilinear
 //! interpolation on pixel centres (PyTorch's `align_corners=False`, no
 //! antialiasing) and normalised with the bundle's channel mean and std.
 
-use crate::stats::Preprocess;
-use crate::wire::FrameFormat;
+use serde::{Deserialize, Serialize};
+
+/// Pixel layout of a raw frame: `u8`, row-major, channels interleaved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameFormat {
+    /// Pixels per row.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: u8,
+}
+
+impl FrameFormat {
+    /// Bytes of a frame of this format.
+    pub fn len(&self) -> usize {
+        self.width as usize * self.height as usize * self.channels as usize
+    }
+    /// Whether a frame of this format holds no pixels (never valid).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Image preprocessing the backbone expects, recorded with its statistics
+/// so a device can refuse a mismatched pair and prepare frames itself.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Preprocess {
+    /// Input width in pixels (0: unknown, for heads without a backbone).
+    pub width: u16,
+    /// Input height in pixels.
+    pub height: u16,
+    /// Channels the backbone takes (3); grey frames are replicated.
+    pub channels: u8,
+    /// Per-channel mean subtracted from pixels scaled to `[0, 1]`.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation they are divided by.
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// `Err(what)` if a normalisation constant is not finite or a set
+    /// standard deviation is not positive (a zero `Preprocess`, written by
+    /// heads that do not know their backbone, is accepted).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.mean.iter().chain(&self.std).any(|v| !v.is_finite()) {
+            return Err("preprocessing mean or std is not finite");
+        }
+        if self.width != 0 && self.std.iter().take(usize::from(self.channels.clamp(1, 3))).any(|&s| s <= 0.0) {
+            return Err("preprocessing std is not positive");
+        }
+        Ok(())
+    }
+}
 
 /// Why a frame could not become backbone input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
