@@ -145,6 +145,17 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// The output every exported backbone has: the pooled last layer.
 pub const DEFAULT_LAYER: &str = "features";
 
+/// Name of the output holding block `index`'s pooled output, as gaussedge's
+/// ONNX writer exports it (a manifest's `layers` name these).
+pub fn block_output(index: usize) -> String {
+    format!("{DEFAULT_LAYER}_{index}")
+}
+
+/// The block index of a [`block_output`] name.
+pub fn block_index(name: &str) -> Option<usize> {
+    name.strip_prefix(DEFAULT_LAYER)?.strip_prefix('_')?.parse().ok()
+}
+
 /// The layers of a manifest that names none: [`DEFAULT_LAYER`].
 pub fn default_layers() -> Vec<String> {
     vec![DEFAULT_LAYER.to_string()]
@@ -291,6 +302,18 @@ impl Bundle {
 mod tests {
     use super::*;
     use gaussedge_shared::Estimator;
+
+    #[test]
+    fn block_output_names_round_trip_and_nothing_else_parses() {
+        assert_eq!(block_output(7), "features_7");
+        assert_eq!(
+            (0..20).map(|i| block_index(&block_output(i))).collect::<Vec<_>>(),
+            (0..20).map(Some).collect::<Vec<_>>()
+        );
+        for other in [DEFAULT_LAYER, "features7", "features_", "features_x", "logits", "block_3"] {
+            assert_eq!(block_index(other), None, "{other}");
+        }
+    }
 
     fn manifest() -> Manifest {
         Manifest {

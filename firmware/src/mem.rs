@@ -103,6 +103,7 @@ pub struct MemPlatform {
     staged: [Option<Vec<u8>>; 3],
     captures: u64,
     store: SampleStore,
+    camera_broken: bool,
 }
 
 fn lost() -> Fault {
@@ -125,6 +126,7 @@ impl MemPlatform {
             staged: [None, None, None],
             captures: 0,
             store: SampleStore::new(STORE_PER_CLASS),
+            camera_broken: false,
         }
     }
 
@@ -136,6 +138,12 @@ impl MemPlatform {
     /// The SHA-256 a backbone of these bytes has here.
     pub fn sha256_of(backbone: &[u8]) -> [u8; 32] {
         Sha256::digest(backbone).into()
+    }
+
+    /// Makes every later capture fail, as a camera that stopped answering
+    /// does (fault injection for the server's error paths).
+    pub fn break_camera(&mut self) {
+        self.camera_broken = true;
     }
 
     /// Arms a power cut. Writes are counted from now.
@@ -309,6 +317,9 @@ impl Platform for MemPlatform {
     }
 
     fn capture(&mut self, class_hint: Option<u16>, frame: &mut [u8]) -> Result<FrameFormat, Fault> {
+        if self.camera_broken {
+            return Err(Fault::new(ErrorCode::Capture, "the camera does not answer"));
+        }
         let format = input_format(&self.net.info.preprocess);
         if format.len() > frame.len() {
             return Err(Fault::new(ErrorCode::Capture, "camera image larger than the frame buffer"));

@@ -464,6 +464,83 @@ fn every_refusal_carries_its_code_and_changes_nothing() {
     assert_eq!(info(&mut host, &mut dev).classes, 2);
 }
 
+/// Statistics of classes "a" and "b", `per_class` camera frames each, for
+/// a head made with `config`.
+fn fitted(config: HeadConfig, per_class: usize) -> Vec<u8> {
+    let mut p = MemPlatform::new(FACTORY, preprocess(), DIM, vec![]);
+    let mut head = GaussianHead::with_capacity(config).unwrap();
+    let (mut frame, mut input, mut features) = (vec![0u8; FRAME.len()], vec![0f32; 48], vec![0f32; DIM]);
+    for (c, name) in ["a", "b"].iter().enumerate() {
+        head.begin(label(name).unwrap()).unwrap();
+        for _ in 0..per_class {
+            let f = p.capture(Some(c as u16), &mut frame).unwrap();
+            frame_to_input(&frame, f, &preprocess(), &mut input).unwrap();
+            p.extract(&input, &mut features).unwrap();
+            head.learn(&features).unwrap();
+        }
+        head.commit().unwrap();
+    }
+    let meta = StatsMeta { backbone_sha256: p.backbone().sha256, preprocess: preprocess(), ..Default::default() };
+    stats::to_vec(&head, &meta).unwrap()
+}
+
+/// The codes the main refusal test cannot reach on the default device:
+/// a camera that fails, a head with no class, settings under which the
+/// covariance does not factor, a request the estimator cannot serve.
+#[test]
+fn the_rarer_refusals_carry_their_codes_and_change_nothing() {
+    let lbl = |s| label(s).unwrap();
+
+    // A camera that stops answering: the class stays open with no samples.
+    let mut bench = new_bench();
+    let mut broken = platform();
+    broken.break_camera();
+    let mut dev = boot(broken, &mut bench);
+    let mut host = Host::new();
+    host.call(&mut dev, &Request::BeginClass { label: lbl("c"), extend: false });
+    assert_eq!(host.error(&mut dev, &Request::Capture { count: 3, source_class: Some(2) }), ErrorCode::Capture);
+    assert_eq!(info(&mut host, &mut dev).learning, Some((lbl("c"), 0)));
+    host.ok(&mut dev, &Request::AbortClass);
+    drop(dev);
+
+    // No class left to answer with.
+    let mut bench = new_bench();
+    let mut camera = platform();
+    let mut dev = boot(platform(), &mut bench);
+    for name in ["a", "b"] {
+        host.ok(&mut dev, &Request::ForgetClass { label: lbl(name) });
+    }
+    let data = frame_of(&mut camera, 0);
+    assert_eq!(
+        host.error(&mut dev, &Request::Frame { format: FRAME, usage: FrameUse::Predict, data }),
+        ErrorCode::NoClasses
+    );
+    drop(dev);
+
+    // Two samples per class in six dimensions: the pooled scatter has rank
+    // two, so only the shrinkage keeps it invertible. Without a regulariser
+    // it does not factor, and the head keeps the settings it had.
+    let mut bench = new_bench();
+    let mut dev = boot(platform(), &mut bench);
+    let thin = fitted(config(), 2);
+    assert_eq!(host.upload(&mut dev, UploadTarget::Stats, &thin, 900), Response::Ok);
+    let probe = frame_of(&mut camera, 1);
+    let before = predict(&mut host, &mut dev, probe.clone());
+    let mut bare = Estimator::Pooled.settings();
+    bare.regularizer = Regularizer::Ridge(0.0);
+    assert_eq!(host.error(&mut dev, &Request::SetSettings(bare)), ErrorCode::NotPositiveDefinite);
+    assert_eq!(info(&mut host, &mut dev).settings, Estimator::Pooled.settings());
+    assert_eq!(predict(&mut host, &mut dev, probe), before);
+
+    // The seed estimator keeps no per-class scatter: a class cannot grow.
+    let mut seed = config();
+    seed.weighting = Estimator::Seed.weighting();
+    seed.settings = Estimator::Seed.settings();
+    assert_eq!(host.upload(&mut dev, UploadTarget::Stats, &fitted(seed, 12), 900), Response::Ok);
+    assert_eq!(host.error(&mut dev, &Request::BeginClass { label: lbl("a"), extend: true }), ErrorCode::Unsupported);
+    assert_eq!(info(&mut host, &mut dev).learning, None);
+}
+
 #[test]
 fn a_full_head_refuses_the_next_class() {
     let mut bench = new_bench();

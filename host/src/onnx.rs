@@ -86,15 +86,7 @@ impl Weights {
     }
 }
 
-/// Name of the output holding block `index`'s pooled output.
-pub fn block_output(index: usize) -> String {
-    format!("features_{index}")
-}
-
-/// The block index of a [`block_output`] name.
-pub fn block_index(name: &str) -> Option<usize> {
-    name.strip_prefix("features_")?.parse().ok()
-}
+pub use gaussedge_bundle::{block_index, block_output};
 
 /// What the exported graph computes.
 #[derive(Debug, Clone, PartialEq)]
