@@ -37,21 +37,7 @@ type Dev<'a> = Server<'a, OwnedStorage, MemPlatform>;
 /// Base statistics for the factory backbone: classes "a" and "b" learned on
 /// the host from the camera's frames, as a bundle would ship them.
 fn base_stats() -> Vec<u8> {
-    let mut p = MemPlatform::new(FACTORY, preprocess(), DIM, vec![]);
-    let mut head = GaussianHead::with_capacity(config()).unwrap();
-    let (mut frame, mut input, mut features) = (vec![0u8; FRAME.len()], vec![0f32; 48], vec![0f32; DIM]);
-    for (c, name) in ["a", "b"].iter().enumerate() {
-        head.begin(label(name).unwrap()).unwrap();
-        for _ in 0..12 {
-            let f = p.capture(Some(c as u16), &mut frame).unwrap();
-            frame_to_input(&frame, f, &preprocess(), &mut input).unwrap();
-            p.extract(&input, &mut features).unwrap();
-            head.learn(&features).unwrap();
-        }
-        head.commit().unwrap();
-    }
-    let meta = StatsMeta { backbone_sha256: p.backbone().sha256, preprocess: preprocess(), ..Default::default() };
-    stats::to_vec(&head, &meta).unwrap()
+    fitted(config(), 12)
 }
 
 fn platform() -> MemPlatform {
