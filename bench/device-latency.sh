@@ -79,9 +79,15 @@ print(f"| backbone, tract's depthwise kernel | {m(td,'backbone_us')/1e3:.2f} ms 
 print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(tn, o)} |")
 print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {ratio(t8, o8)} |")
 print(f"| backbone, 2 threads each | {m(t2,'backbone_us')/1e3:.2f} ms | {m(o2,'backbone_us')/1e3:.2f} ms | {ratio(t2, o2)} |")
-print(f"| head learn (K = 64) | {m(t,'head_learn_us'):.1f} µs | | |")
-print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | | |")
-print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {m(t,'load_ms')/m(o,'load_ms'):.2f} |")
+frame = lambda k: ratio([{"x": a[k]} for a in t], [{"x": a["backbone_us"]} for a in t], "x")
+learn_max = f", the flushing one {m(t,'head_learn_max_us'):.0f} µs" if "head_learn_max_us" in t[0] else ""
+print(f"| head learn (K = 64), mean per sample{learn_max} | {m(t,'head_learn_us'):.1f} µs | the backbone | {frame('head_learn_us')} of a frame |")
+print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | the backbone | {frame('head_predict_us')} of a frame |")
+print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {ratio(t, o, 'load_ms')} |")
 print(f"| peak RSS (process, head K = 64 included for tract) | {m(t,'peak_rss_mib'):.0f} MiB | {m(o,'peak_rss_mib'):.0f} MiB | {m(t,'peak_rss_mib')/m(o,'peak_rss_mib'):.2f} |")
+stages = t[0].get("load_stages_ms", {})
+if stages:
+    parts = ", ".join(f"{k} {statistics.median(r['load_stages_ms'][k] for r in t):.0f}" for k in stages)
+    print(f"\nmodel load by stage (ms, medians): {parts}")
 print(f"\nhead fixed footprint at K = 64: {t[0]['head_bytes']/2**20:.2f} MiB")
 PY

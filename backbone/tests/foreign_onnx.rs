@@ -40,6 +40,29 @@ fn foreign_backbones_give_tracts_own_features() {
     }
 }
 
+/// The loader's reordered declutter (folding before `ChangeAxes`, for boot
+/// time) must leave the graph computing what tract's own pipeline does.
+#[test]
+fn the_reordered_declutter_computes_what_tracts_own_pipeline_does() {
+    use tract_onnx::prelude::*;
+    for (name, channels, layer) in [("pooled4d", 3, "pooled"), ("two_outputs", 3, "late"), ("grey", 1, "features")] {
+        let onnx = fixture(name);
+        let ours = Backbone::load_with(&onnx, 1, channels, 32, 24, &[layer], Rewrites::Plain).unwrap();
+        let mut model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).unwrap();
+        model = model.with_input_fact(0, f32::fact([1, channels, 32, 24]).into()).unwrap();
+        let outlet = model.outlet_labels.iter().find(|(_, l)| l.as_str() == layer).map(|(o, _)| *o).unwrap();
+        model.select_output_outlets(&[outlet]).unwrap();
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        for seed in 0..2 {
+            let x = input(ours.input_len(), seed);
+            let t = Tensor::from_shape(&[1, channels, 32, 24], &x).unwrap();
+            let theirs = plan.run(tvec!(t.into())).unwrap();
+            let theirs = theirs[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>();
+            assert_eq!(ours.features(&x).unwrap(), theirs, "{name}");
+        }
+    }
+}
+
 #[test]
 fn graphs_that_cannot_give_features_are_refused_with_the_reason() {
     let err = |name: &str, layers: &[&str], size: usize| match Backbone::load(&fixture(name), 1, 3, size, size, layers)

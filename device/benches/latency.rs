@@ -78,17 +78,16 @@ fn main() {
         );
         return;
     }
+    // Boot: the bundle's backbone loaded as the device loads it, stage by
+    // stage (where the milliseconds go).
     let t = Instant::now();
-    let backbone = Backbone::load(
-        &bundle.onnx,
-        1,
-        p.channels as usize,
-        p.height as usize,
-        p.width as usize,
-        &bundle.manifest.layers,
-    )
-    .expect("backbone");
+    let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
+    let (backbone, stages) =
+        Backbone::load_profiled(&bundle.onnx, shape, &bundle.manifest.layers, gaussedge_backbone::Rewrites::Project)
+            .expect("backbone");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let load_stages: serde_json::Map<String, serde_json::Value> =
+        stages.stages.iter().map(|(name, d)| (name.to_string(), (d.as_secs_f64() * 1e3).into())).collect();
     let d = backbone.dim();
     let config = HeadConfig {
         dim: d,
@@ -152,9 +151,13 @@ fn main() {
             "preprocess_us": median_us(pre),
             "backbone_us": median_us(warm),
             "backbone_in_loop_us": median_us(bb),
-            "head_learn_us": median_us(learn),
+            // The mean, not the median: one learn in `PENDING` adds the
+            // group to the scatter and pays for the others.
+            "head_learn_us": learn.iter().sum::<f64>() / learn.len() as f64 * 1e6,
+            "head_learn_max_us": learn.iter().copied().fold(0.0, f64::max) * 1e6,
             "head_predict_us": median_us(predict),
             "load_ms": load_ms,
+            "load_stages_ms": load_stages,
             "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
             "head_bytes": head.layout().bytes(),
             "input": [p.channels, p.height, p.width],

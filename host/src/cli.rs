@@ -737,8 +737,8 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
     let checkpoint_dir = a.checkpoint_dir.clone().unwrap_or_else(|| fit::cache_dir().join("runs").join(&name));
-    let device = if a.cpu { tch::Device::Cpu } else { tch::Device::cuda_if_available() };
-    eprintln!("training on {device:?}, checkpoints in {}", checkpoint_dir.display());
+    let (device, why) = tr::pick_device(a.cpu);
+    eprintln!("{why}; checkpoints in {}", checkpoint_dir.display());
     let job = TrainJob {
         dataset: a.data.dataset,
         data: dir.clone(),
@@ -1299,7 +1299,12 @@ fn bench_train(size: i64, batch: i64, steps: usize, threads: i32, cuda: bool) ->
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let arch = Arch::new(ArchConfig::b0(5));
-    let device = if cuda { Device::cuda_if_available() } else { Device::Cpu };
+    let (device, why) = if cuda {
+        crate::train::pick_device(false)
+    } else {
+        (Device::Cpu, "on the CPU (--cuda for a GPU)".to_string())
+    };
+    eprintln!("bench-train {why}");
     let vs = nn::VarStore::new(device);
     let net = EfficientNet::new(&vs.root(), &arch);
     let mut opt = nn::Adam::default().build(&vs, 1e-3)?;
@@ -1309,22 +1314,30 @@ fn bench_train(size: i64, batch: i64, steps: usize, threads: i32, cuda: bool) ->
         let loss = net.logits_t(&xs, true).cross_entropy_for_logits(&ys);
         opt.backward_step(&loss);
     };
+    // CUDA runs asynchronously: a clock read before the queue drains
+    // measures how fast work is queued, not done.
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+    };
     step(&mut opt);
+    sync();
     let t = Instant::now();
     for _ in 0..steps {
         step(&mut opt);
     }
+    sync();
     let train = (steps as i64 * batch) as f64 / t.elapsed().as_secs_f64();
     let fwd = || tch::no_grad(|| net.logits_t(&xs, false));
     let _ = fwd();
+    sync();
     let t = Instant::now();
     for _ in 0..steps {
         let _ = fwd();
     }
+    sync();
     let forward = (steps as i64 * batch) as f64 / t.elapsed().as_secs_f64();
-    if device.is_cuda() {
-        tch::Cuda::synchronize(0);
-    }
     println!(
         "{}",
         serde_json::json!({"impl": "tch", "device": format!("{device:?}"), "train_img_s": train, "forward_img_s": forward, "size": size, "batch": batch, "threads": threads})

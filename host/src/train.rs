@@ -18,6 +18,35 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
+/// The device a run trains on, and a sentence saying why, for the user:
+/// a GPU user whose binary or driver cannot reach CUDA must learn it at
+/// the start of a run, not from its speed hours later.
+pub fn pick_device(cpu_only: bool) -> (Device, String) {
+    if cpu_only {
+        return (Device::Cpu, "training on the CPU (--cpu)".into());
+    }
+    if !cfg!(feature = "cuda") {
+        return (
+            Device::Cpu,
+            "training on the CPU: this binary was built without CUDA (on an NVIDIA machine: `scripts/setup.sh \
+             --cuda`, then `cargo build --release -p gaussedge-host --features cuda`)"
+                .into(),
+        );
+    }
+    let count = tch::Cuda::device_count();
+    if count > 0 && tch::Cuda::is_available() {
+        let cudnn = if tch::Cuda::cudnn_is_available() { "with cuDNN" } else { "without cuDNN" };
+        (Device::Cuda(0), format!("training on CUDA device 0 of {count}, {cudnn}"))
+    } else {
+        (
+            Device::Cpu,
+            "no CUDA device is visible (no NVIDIA driver loaded, or CUDA_VISIBLE_DEVICES hides every GPU): falling \
+             back to the CPU"
+                .into(),
+        )
+    }
+}
+
 /// Everything that determines a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
@@ -467,6 +496,23 @@ pub fn dataset_tensor(ds: &Dataset, pre: &gaussedge_shared::stats::Preprocess) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device line names the device and, on the CPU, why: a GPU user
+    /// with a CPU-only binary or no visible GPU learns it from the first line.
+    #[test]
+    fn the_device_line_says_where_training_runs_and_why() {
+        let (device, why) = pick_device(true);
+        assert_eq!(device, Device::Cpu);
+        assert!(why.contains("--cpu"), "{why}");
+        let (device, why) = pick_device(false);
+        if cfg!(feature = "cuda") && tch::Cuda::is_available() {
+            assert!(device.is_cuda() && why.starts_with("training on CUDA device 0"), "{why}");
+        } else if cfg!(feature = "cuda") {
+            assert!(device == Device::Cpu && why.contains("falling back to the CPU"), "{why}");
+        } else {
+            assert!(device == Device::Cpu && why.contains("--features cuda"), "{why}");
+        }
+    }
 
     #[test]
     fn rotation_labels_name_the_turn_each_image_got() {

@@ -62,14 +62,23 @@ impl Weighting {
 /// one symmetric rank-one update. `delta` is scratch of length `D`.
 pub fn welford_push(count: &mut u64, mean: &mut [f64], scatter: &mut [f64], x: &[f64], delta: &mut [f64]) {
     debug_assert_eq!(scatter.len(), tri_len(mean.len()));
+    let coeff = welford_mean(count, mean, x, delta);
+    syr(scatter, coeff, delta);
+}
+
+/// The mean half of [`welford_push`]: counts `x`, moves the mean, writes
+/// `d = x - m_old` into `delta` and returns the coefficient the scatter
+/// update `S += coeff * d d^T` needs, so a caller can defer that update
+/// and apply several at once ([`crate::linalg::syr_batch`]).
+pub fn welford_mean(count: &mut u64, mean: &mut [f64], x: &[f64], delta: &mut [f64]) -> f64 {
     let n = *count + 1;
     let inv = 1.0 / n as f64;
     for ((d, m), &xi) in delta.iter_mut().zip(mean.iter_mut()).zip(x) {
         *d = xi - *m;
         *m += *d * inv;
     }
-    syr(scatter, (n - 1) as f64 * inv, delta);
     *count = n;
+    (n - 1) as f64 * inv
 }
 
 /// Merges summary `b` into summary `a` (Chan, Golub & LeVeque 1979):

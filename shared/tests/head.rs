@@ -6,7 +6,7 @@ use common::*;
 use gaussedge_shared::config::{
     oas_shrinkage, Estimator, HeadSettings, NoveltyScore, Power, Prior, Regularizer, Transform, Weighting,
 };
-use gaussedge_shared::head::{BorrowedStorage, ClassSlot, GaussianHead, HeadConfig, HeadError, Layout};
+use gaussedge_shared::head::{BorrowedStorage, ClassSlot, GaussianHead, HeadConfig, HeadError, Layout, PENDING};
 use gaussedge_shared::label;
 use gaussedge_shared::linalg::tri_len;
 use nalgebra::{DMatrix, DVector};
@@ -528,8 +528,9 @@ fn borrowed_storage_and_shared_prediction() {
     let mut scratch = vec![0.0; 2 * dim];
     let shared = h.predict_with(&data[1][3], None, &mut scratch).unwrap();
     assert_eq!(shared, h.predict(&data[1][3], None).unwrap());
-    // Means and weights, four scalars per class, four vectors, three packed matrices.
-    assert_eq!(layout.floats(), 2 * 5 * 2 + 4 * 2 + 4 * 5 + 3 * tri_len(5));
+    // Means and weights, four scalars per class, four vectors, three packed
+    // matrices, the pending samples and their coefficients.
+    assert_eq!(layout.floats(), 2 * 5 * 2 + 4 * 2 + 4 * 5 + 3 * tri_len(5) + PENDING * (5 + 1));
 }
 
 /// The situation `NoveltyScore::OwnSpread` exists for: two base classes fit
@@ -579,4 +580,39 @@ fn own_spread_keeps_the_calibrated_share_of_a_wide_class_learned_from_few_sample
     assert!(wide_own >= 0.65 && wide_own >= 3.0 * wide_plain, "own spread keeps {wide_own} of the wide class");
     assert!(base_plain >= 0.94 && base_own >= 0.94, "base classes kept {base_plain} / {base_own}");
     assert_eq!((far_plain, far_own), (0.0, 0.0));
+}
+
+/// Samples waiting in the pending buffer belong to the class being learned
+/// and nothing else: an abort drops them, a later class does not see them,
+/// and a class whose count is not a multiple of `PENDING` (flushed at the
+/// commit) scores exactly like one learned after a fresh start.
+#[test]
+fn pending_samples_go_with_their_class_and_nowhere_else() {
+    let dim = 9;
+    let data = gaussian_classes(dim, &[20, 13, PENDING, PENDING + 1], 4);
+    let settings = Estimator::Pooled.settings();
+    let mut fresh = head(dim, 4, Weighting::Count, settings);
+    learn_all(&mut fresh, &data, 0);
+    let mut h = head(dim, 4, Weighting::Count, settings);
+    h.begin(label("c0").unwrap()).unwrap();
+    learn_samples(&mut h, &data[0]);
+    h.commit().unwrap();
+    // Five samples of a class that is then dropped.
+    h.begin(label("c1").unwrap()).unwrap();
+    learn_samples(&mut h, &data[2][..5]);
+    h.abort().unwrap();
+    for (c, samples) in data.iter().enumerate().skip(1) {
+        h.begin(label(&format!("c{c}")).unwrap()).unwrap();
+        learn_samples(&mut h, samples);
+        h.commit().unwrap();
+    }
+    for x in data.iter().flatten() {
+        let (mut a, mut b) = (vec![0.0; 4], vec![0.0; 4]);
+        let (p, q) = (fresh.predict(x, Some(&mut a)).unwrap(), h.predict(x, Some(&mut b)).unwrap());
+        assert_eq!(p, q);
+        assert_eq!(a, b);
+    }
+    for c in 0..4 {
+        assert_eq!(fresh.spread(c).to_bits(), h.spread(c).to_bits(), "class {c}");
+    }
 }

@@ -143,3 +143,38 @@ fn removing_a_class_from_the_pool_is_exact() {
     classes.iter().for_each(|c| pool_class(Weighting::Count, &mut acc, &mut norm, c.count, &c.scatter, 1.0));
     assert_eq!(norm, expected_norm, "count weighting normalises by N - C");
 }
+
+/// The head defers Welford's scatter updates and applies them several at
+/// a time for speed; the batched kernels must give the one-at-a-time
+/// results bit for bit, or the head's figures would move with `PENDING`.
+#[test]
+fn batched_updates_and_solves_equal_one_at_a_time_bit_for_bit() {
+    use gaussedge_shared::linalg::{cholesky_in_place, forward_solve, forward_solve_batch, syr, syr_batch};
+    let dim = 37;
+    let xs = samples(11, dim, 7);
+    let mut rng = Rng::new(8);
+    let alphas: Vec<f64> = (0..xs.len()).map(|i| if i == 3 { 0.0 } else { rng.uniform() }).collect();
+    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
+    let mut one = vec![0.5; tri_len(dim)];
+    for (x, &a) in xs.iter().zip(&alphas) {
+        syr(&mut one, a, x);
+    }
+    let mut batch = vec![0.5; tri_len(dim)];
+    syr_batch(&mut batch, &alphas[..4], &flat[..4 * dim]);
+    syr_batch(&mut batch, &alphas[4..], &flat[4 * dim..]);
+    assert!(one.iter().zip(&batch).all(|(a, b)| a.to_bits() == b.to_bits()));
+
+    // A well-conditioned factor: the scatter plus a ridge.
+    let mut l = one.clone();
+    for i in 0..dim {
+        l[row_start(i) + i] += 1.0;
+    }
+    cholesky_in_place(&mut l, dim).unwrap();
+    let mut solved = flat.clone();
+    forward_solve_batch(&l, &mut solved, dim);
+    for (x, y) in xs.iter().zip(solved.chunks_exact(dim)) {
+        let mut alone = x.clone();
+        forward_solve(&l, &mut alone);
+        assert!(alone.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
