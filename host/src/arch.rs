@@ -27,6 +27,16 @@ pub struct ArchConfig {
     pub num_classes: usize,
     /// Channels of the input image.
     pub in_channels: usize,
+    /// Cosine classifier (Wang et al. 2018, CosFace; Vaze et al. 2022 for
+    /// open-set recognition): the logits are this scale times the cosine
+    /// between the pooled features and each class's weight row, with no
+    /// bias; 0 is the plain linear classifier. Why: the loss can then only
+    /// sharpen the features' direction, not their norm, so base classes are
+    /// separated by angle, which is what a shared-covariance Gaussian head
+    /// and its novelty distance read. It belongs to the network, not the
+    /// recipe, because the forward pass and the ONNX writer both need it.
+    #[serde(default)]
+    pub cosine_scale: f64,
 }
 
 impl ArchConfig {
@@ -39,6 +49,7 @@ impl ArchConfig {
             stochastic_depth: 0.2,
             num_classes,
             in_channels: 3,
+            cosine_scale: 0.0,
         }
     }
 
@@ -51,6 +62,7 @@ impl ArchConfig {
             stochastic_depth: 0.0,
             num_classes,
             in_channels: 3,
+            cosine_scale: 0.0,
         }
     }
 }
@@ -208,9 +220,48 @@ impl Arch {
     }
 }
 
+/// The classifier rows the ONNX graph carries for a cosine classifier:
+/// each row of `w` (`k` rows) scaled to norm `scale`. With a zero bias the
+/// exported `f . w'` is `|f|` times the trained cosine logit, a positive
+/// per-image factor, so every image's arg-max (the FC accuracy) is the
+/// trained network's, and the graph needs no normalisation op.
+pub fn fold_cosine_rows(w: &mut [f32], k: usize, scale: f64) {
+    let d = w.len() / k.max(1);
+    for row in w.chunks_mut(d.max(1)) {
+        let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() + 1e-7;
+        for x in row {
+            *x = (f64::from(*x) * scale / norm) as f32;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folded_cosine_rows_have_the_scale_as_norm_and_keep_each_arg_max() {
+        let mut w = vec![3.0f32, 4.0, 0.0, -0.5, 0.1, 0.2];
+        let orig = w.clone();
+        fold_cosine_rows(&mut w, 3, 16.0);
+        for row in w.chunks(2) {
+            let n = (row[0] * row[0] + row[1] * row[1]).sqrt();
+            assert!((n - 16.0).abs() < 1e-4, "{n}");
+        }
+        // Against the f64 definition: the arg-max of cos(f, w_k) is the
+        // arg-max of f . w'_k for any f.
+        for f in [[1.0f64, 0.0], [0.0, 1.0], [-2.0, 0.3], [0.7, -0.7]] {
+            let cos = |r: &[f32]| {
+                let (a, b) = (f64::from(r[0]), f64::from(r[1]));
+                (f[0] * a + f[1] * b) / (a.hypot(b) * f[0].hypot(f[1]))
+            };
+            let dot = |r: &[f32]| f[0] * f64::from(r[0]) + f[1] * f64::from(r[1]);
+            let best = |score: &dyn Fn(&[f32]) -> f64, m: &[f32]| {
+                (0..3).max_by(|&i, &j| score(&m[2 * i..2 * i + 2]).total_cmp(&score(&m[2 * j..2 * j + 2]))).unwrap()
+            };
+            assert_eq!(best(&cos, &orig), best(&dot, &w), "{f:?}");
+        }
+    }
 
     #[test]
     fn b0_matches_torchvision() {

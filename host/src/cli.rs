@@ -304,6 +304,11 @@ struct TrainArgs {
     /// temperature (Wei et al. 2022 used 0.04 on CIFAR-10); 0 is off.
     #[arg(long, default_value_t = 0.0)]
     logit_norm: f64,
+    /// Cosine classifier: logits are this scale times the cosine between
+    /// features and each class's weights (16 is typical); 0 is the plain
+    /// linear classifier.
+    #[arg(long, default_value_t = 0.0)]
+    cosine_scale: f64,
     /// Use the tiny test variant of the network.
     #[arg(long)]
     tiny: bool,
@@ -735,6 +740,10 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.tiny {
         recipe.arch = ArchConfig::tiny(recipe.outputs(classes.len()));
     }
+    if !(a.cosine_scale.is_finite() && a.cosine_scale >= 0.0) {
+        bail!("--cosine-scale takes a scale > 0 (or 0 for off), not {}", a.cosine_scale);
+    }
+    recipe.arch.cosine_scale = a.cosine_scale;
     let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
     let checkpoint_dir = a.checkpoint_dir.clone().unwrap_or_else(|| fit::cache_dir().join("runs").join(&name));
     let (device, why) = tr::pick_device(a.cpu);

@@ -151,8 +151,23 @@ impl EfficientNet {
         Tensor::cat(&pooled, 1)
     }
 
-    /// Logits, `[N, classes]`.
+    /// Logits, `[N, classes]`: linear, or scaled cosines with
+    /// [`ArchConfig::cosine_scale`](crate::arch::ArchConfig::cosine_scale).
     pub fn logits_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.features_t(xs, train).dropout(self.arch.config.dropout, train).apply(&self.classifier)
+        let f = self.features_t(xs, train).dropout(self.arch.config.dropout, train);
+        let scale = self.arch.config.cosine_scale;
+        if scale > 0.0 {
+            cosine_logits(&f, &self.classifier.ws, scale)
+        } else {
+            f.apply(&self.classifier)
+        }
     }
+}
+
+/// `scale * cos(f_i, w_k)` for features `[N, D]` and weight rows `[K, D]`.
+/// The epsilon keeps an all-zero row (a dead feature vector after dropout)
+/// finite.
+pub fn cosine_logits(features: &Tensor, weights: &Tensor, scale: f64) -> Tensor {
+    let unit = |t: &Tensor| t / (t.norm_scalaropt_dim(2, [-1i64].as_slice(), true) + 1e-7);
+    unit(features).matmul(&unit(weights).transpose(0, 1)) * scale
 }

@@ -292,8 +292,12 @@ pub fn export(arch: &Arch, weights: &Weights, opts: &ExportOptions) -> Result<Ve
     }
     if opts.logits {
         let k = arch.config.num_classes;
-        let w = weights.get("classifier.1.weight", &[k, arch.head])?.to_vec();
-        let b = weights.get("classifier.1.bias", &[k])?.to_vec();
+        let mut w = weights.get("classifier.1.weight", &[k, arch.head])?.to_vec();
+        let mut b = weights.get("classifier.1.bias", &[k])?.to_vec();
+        if arch.config.cosine_scale > 0.0 {
+            crate::arch::fold_cosine_rows(&mut w, k, arch.config.cosine_scale);
+            b.iter_mut().for_each(|x| *x = 0.0);
+        }
         let wn = g.init("classifier.weight", &[k, arch.head], w);
         let bn = g.init("classifier.bias", &[k], b);
         g.nodes.push(pb::NodeProto {

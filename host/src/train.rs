@@ -538,6 +538,24 @@ mod tests {
         assert!(class_logits(&logits, 1).equal(&logits));
     }
 
+    /// The cosine classifier's logits are bounded by the scale and do not
+    /// depend on the features' norm, and the rows the ONNX graph carries
+    /// (see [`crate::arch::fold_cosine_rows`]) pick the same class.
+    #[test]
+    fn cosine_classifier_reads_only_directions_and_exports_the_same_arg_max() {
+        tch::manual_seed(3);
+        let f = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([4, 5], (Kind::Float, Device::Cpu));
+        let logits = crate::net::cosine_logits(&f, &w, 16.0);
+        assert!(logits.abs().max().double_value(&[]) <= 16.0 + 1e-4);
+        let doubled = crate::net::cosine_logits(&(&f * 7.0), &w, 16.0);
+        assert!(doubled.allclose(&logits, 1e-5, 1e-5, false), "scaling the features changes nothing");
+        let mut rows: Vec<f32> = Vec::try_from(&w.flatten(0, -1)).unwrap();
+        crate::arch::fold_cosine_rows(&mut rows, 4, 16.0);
+        let folded = f.matmul(&Tensor::from_slice(&rows).view([4, 5]).transpose(0, 1));
+        assert!(folded.argmax(-1, false).equal(&logits.argmax(-1, false)));
+    }
+
     #[test]
     fn logit_norm_fixes_each_rows_norm_and_keeps_its_arg_max() {
         let logits = Tensor::from_slice(&[3.0f32, -1.0, 0.5, 0.1, 0.2, 9.0]).view([2, 3]);
