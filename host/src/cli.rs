@@ -703,6 +703,16 @@ fn held_out_of(m: &Manifest, fraction: Option<f64>) -> bundle::HeldOut {
 /// when a backbone's own validation split is not known.
 const DEFAULT_HELD_OUT: f64 = 0.1;
 
+/// A training option whose 0 turns a lever off and whose other values must
+/// be positive and finite.
+#[cfg(feature = "train")]
+fn off_or_positive(flag: &str, what: &str, value: f64) -> Result<f64> {
+    if !(value.is_finite() && value >= 0.0) {
+        bail!("{flag} takes {what} > 0 (or 0 for off), not {value}");
+    }
+    Ok(value)
+}
+
 #[cfg(feature = "train")]
 fn train(a: TrainArgs) -> Result<()> {
     use crate::arch::ArchConfig;
@@ -728,10 +738,7 @@ fn train(a: TrainArgs) -> Result<()> {
         bail!("--cutout {} must be smaller than the image side {}", a.cutout, recipe.size);
     }
     recipe.cutout = a.cutout;
-    if !(a.logit_norm.is_finite() && a.logit_norm >= 0.0) {
-        bail!("--logit-norm takes a temperature > 0 (or 0 for off), not {}", a.logit_norm);
-    }
-    recipe.logit_norm = a.logit_norm;
+    recipe.logit_norm = off_or_positive("--logit-norm", "a temperature", a.logit_norm)?;
     recipe.arch = ArchConfig::b0(recipe.outputs(classes.len()));
     if a.no_augment {
         recipe.crop_pad = 0;
@@ -740,10 +747,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.tiny {
         recipe.arch = ArchConfig::tiny(recipe.outputs(classes.len()));
     }
-    if !(a.cosine_scale.is_finite() && a.cosine_scale >= 0.0) {
-        bail!("--cosine-scale takes a scale > 0 (or 0 for off), not {}", a.cosine_scale);
-    }
-    recipe.arch.cosine_scale = a.cosine_scale;
+    recipe.arch.cosine_scale = off_or_positive("--cosine-scale", "a scale", a.cosine_scale)?;
     let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
     let checkpoint_dir = a.checkpoint_dir.clone().unwrap_or_else(|| fit::cache_dir().join("runs").join(&name));
     let (device, why) = tr::pick_device(a.cpu);

@@ -165,9 +165,12 @@ impl EfficientNet {
 }
 
 /// `scale * cos(f_i, w_k)` for features `[N, D]` and weight rows `[K, D]`.
-/// The epsilon keeps an all-zero row (a dead feature vector after dropout)
-/// finite.
 pub fn cosine_logits(features: &Tensor, weights: &Tensor, scale: f64) -> Tensor {
-    let unit = |t: &Tensor| t / (t.norm_scalaropt_dim(2, [-1i64].as_slice(), true) + 1e-7);
-    unit(features).matmul(&unit(weights).transpose(0, 1)) * scale
+    unit_rows(features).matmul(&unit_rows(weights).transpose(0, 1)) * scale
+}
+
+/// Each row of `t` scaled to unit L2 norm. The epsilon keeps an all-zero
+/// row (a dead feature vector after dropout) finite.
+pub fn unit_rows(t: &Tensor) -> Tensor {
+    t / (t.norm_scalaropt_dim(2, [-1i64].as_slice(), true) + 1e-7)
 }

@@ -270,8 +270,7 @@ pub fn training_logits(logits: &Tensor, temperature: f64) -> Tensor {
     if temperature <= 0.0 {
         return logits.shallow_clone();
     }
-    let norm = logits.norm_scalaropt_dim(2, [-1i64].as_slice(), true) + 1e-7;
-    logits / norm / temperature
+    crate::net::unit_rows(logits) / temperature
 }
 
 /// Class scores from the classifier's outputs: with rotation labels, the
