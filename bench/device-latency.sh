@@ -79,6 +79,10 @@ print(f"| backbone, tract's depthwise kernel | {m(td,'backbone_us')/1e3:.2f} ms 
 print(f"| backbone, tract's channel-first layout | {m(tn,'backbone_us')/1e3:.2f} ms | {m(o,'backbone_us')/1e3:.2f} ms | {ratio(tn, o)} |")
 print(f"| backbone, batch of 8 (per image) | {m(t8,'backbone_us')/1e3:.2f} ms | {m(o8,'backbone_us')/1e3:.2f} ms | {ratio(t8, o8)} |")
 print(f"| backbone, 2 threads each | {m(t2,'backbone_us')/1e3:.2f} ms | {m(o2,'backbone_us')/1e3:.2f} ms | {ratio(t2, o2)} |")
+# What a second thread buys each runtime: one thread's time over two's,
+# per round (both ran in the same round).
+speedup = lambda one, two: ratio(one, two)
+print(f"| speed-up, 2 threads over 1 (higher is better) | {speedup(t, t2)} | {speedup(o, o2)} | |")
 frame = lambda k: ratio([{"x": a[k]} for a in t], [{"x": a["backbone_us"]} for a in t], "x")
 learn_max = f", the flushing one {m(t,'head_learn_max_us'):.0f} µs" if "head_learn_max_us" in t[0] else ""
 print(f"| head learn (K = 64), mean per sample{learn_max} | {m(t,'head_learn_us'):.1f} µs | the backbone | {frame('head_learn_us')} of a frame |")

@@ -296,9 +296,12 @@ impl Backbone {
         Ok(optimized)
     }
 
-    /// Threads tract's kernels may use, process-wide (1, the default, runs
-    /// every kernel on the calling thread). A device with spare cores can
-    /// trade them for latency; the head does not use them.
+    /// Threads one frame's kernels may use, process-wide (1, the default,
+    /// runs every kernel on the calling thread): tract's matrix products
+    /// and the project's own convolutions (`kernels::parts`) share the one
+    /// pool. A device with spare cores can trade them for latency; the
+    /// features are the same bits at every count, and the head does not
+    /// use them.
     pub fn set_threads(threads: usize) {
         use tract_linalg::multithread::{set_default_executor, Executor};
         set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });

@@ -7,6 +7,7 @@
 //! also checks the AVX2 and portable builds another machine would run, and
 //! the tests' output says which widths ran.
 
+pub mod parts;
 pub mod simd;
 
 use std::cell::Cell;

@@ -16,6 +16,7 @@
 //! row by row), except that a CPU with FMA fuses each multiply-add, so
 //! results may differ from tract's in the last bits.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
@@ -84,11 +85,23 @@ impl EvalOp for DepthwiseNhwc {
             pad_before: self.pad_before,
             output: self.output,
         };
+        let (weights, bias) = (weights.as_slice::<f32>()?, bias.as_slice::<f32>()?);
+        let work = n * oh * ow * c * self.kernel[0] * self.kernel[1];
+        let threads = if work >= crate::kernels::parts::MIN_WORK { crate::kernels::parts::threads() } else { 1 };
         crate::ops::flat::with_values(&x, |x| {
-            for (image, out) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)) {
-                run(&geometry, image, weights.as_slice::<f32>()?, bias.as_slice::<f32>()?, out);
-            }
-            Ok(())
+            // Units are output rows, `n * oh` of them; a part's rows may
+            // span two images.
+            crate::kernels::parts::for_each_rows(&mut out, ow * c, threads, |units, mut out| {
+                let mut u = units.start;
+                while u < units.end {
+                    let (image, oy) = (u / oh, u % oh);
+                    let rows = oy..oh.min(oy + units.end - u);
+                    let (here, rest) = out.split_at_mut(rows.len() * ow * c);
+                    run(&geometry, &x[image * h * w * c..][..h * w * c], weights, bias, here, rows.clone());
+                    (u, out) = (u + rows.len(), rest);
+                }
+                Ok(())
+            })
         })?;
         let out = if shape.len() == 4 {
             Tensor::from_shape(&[n, oh, ow, c], &out)?
@@ -130,37 +143,44 @@ struct Geometry {
     output: [usize; 2],
 }
 
-/// Convolves one `[H, W, C]` image into `out` (`[OH, OW, C]`), with the
-/// widest vector unit this CPU has.
-fn run(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32]) {
+/// Convolves output rows `rows` of one `[H, W, C]` image into `out`
+/// (`[rows, OW, C]`), with the widest vector unit this CPU has.
+fn run(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32], rows: Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     match crate::kernels::Isa::best() {
         // SAFETY: `best` never names a width the CPU lacks.
-        crate::kernels::Isa::Avx512 => return unsafe { run_avx512(g, x, weights, bias, out) },
+        crate::kernels::Isa::Avx512 => return unsafe { run_avx512(g, x, weights, bias, out, rows) },
         // SAFETY: as above.
-        crate::kernels::Isa::Avx2 => return unsafe { run_avx2(g, x, weights, bias, out) },
+        crate::kernels::Isa::Avx2 => return unsafe { run_avx2(g, x, weights, bias, out, rows) },
         crate::kernels::Isa::Portable => {}
     }
-    run_body::<false>(g, x, weights, bias, out)
+    run_body::<false>(g, x, weights, bias, out, rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn run_avx512(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32]) {
-    run_body::<true>(g, x, weights, bias, out)
+fn run_avx512(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32], rows: Range<usize>) {
+    run_body::<true>(g, x, weights, bias, out, rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn run_avx2(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32]) {
-    run_body::<true>(g, x, weights, bias, out)
+fn run_avx2(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32], rows: Range<usize>) {
+    run_body::<true>(g, x, weights, bias, out, rows)
 }
 
-/// The whole image; inlined into each target-feature wrapper so that LLVM
-/// vectorises it for that wrapper's vector width. `FUSED` uses `mul_add`,
-/// which is one instruction only where FMA is enabled.
+/// Rows of one image; inlined into each target-feature wrapper so that
+/// LLVM vectorises it for that wrapper's vector width. `FUSED` uses
+/// `mul_add`, which is one instruction only where FMA is enabled.
 #[inline(always)]
-fn run_body<const FUSED: bool>(g: &Geometry, x: &[f32], weights: &[f32], bias: &[f32], out: &mut [f32]) {
+fn run_body<const FUSED: bool>(
+    g: &Geometry,
+    x: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    rows: Range<usize>,
+) {
     let c = g.channels;
     let [h, w] = g.input;
     let [kh, kw] = g.kernel;
@@ -175,12 +195,12 @@ fn run_body<const FUSED: bool>(g: &Geometry, x: &[f32], weights: &[f32], bias: &
     let all = &all[..kh * kw];
     // (tap, offset of the tap's input pixel) for a window across the border.
     let mut taps = [(0usize, 0usize); MAX_TAPS];
-    for oy in 0..g.output[0] {
+    for oy in rows.clone() {
         let y0 = (oy * g.stride[0]) as isize - g.pad_before[0] as isize;
         let rows_inside = y0 >= 0 && y0 as usize + kh <= h;
         for ox in 0..g.output[1] {
             let x0 = (ox * g.stride[1]) as isize - g.pad_before[1] as isize;
-            let o = &mut out[(oy * g.output[1] + ox) * c..][..c];
+            let o = &mut out[((oy - rows.start) * g.output[1] + ox) * c..][..c];
             if rows_inside && x0 >= 0 && x0 as usize + kw <= w {
                 let origin = (y0 as usize * w + x0 as usize) * c;
                 pixel::<FUSED>(o, bias, weights, &x[origin..], all, c);
@@ -472,11 +492,34 @@ mod tests {
             let b: Vec<f32> = (0..c).map(|i| (i as f32 * 0.29).cos()).collect();
             let n = output[0] * output[1] * c;
             let mut plain = vec![0f32; n];
-            run_body::<false>(&g, &x, &w, &b, &mut plain);
+            run_body::<false>(&g, &x, &w, &b, &mut plain, 0..output[0]);
             for isa in crate::kernels::Isa::available() {
                 let mut out = vec![0f32; n];
-                crate::kernels::Isa::capped(isa, || run(&g, &x, &w, &b, &mut out));
+                crate::kernels::Isa::capped(isa, || run(&g, &x, &w, &b, &mut out, 0..output[0]));
                 crate::ops::flat::assert_close(&plain, &out, 1e-5, &format!("{}, {c} channels", isa.name()));
+            }
+        }
+    }
+
+    /// Split by output rows over 2 and 3 threads (parts that span two
+    /// images among them), the op gives the one-thread bits.
+    #[test]
+    fn threads_give_the_one_thread_bits() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        for (n, c, hw, k, s) in [(2, 96, [16, 16], 5, 1), (3, 40, [13, 11], 3, 2)] {
+            let mut m = model(n, c, hw, k, s, PaddingSpec::SameUpper);
+            assert_eq!(rewrite(&mut m).unwrap(), 1);
+            let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+            let shape = [n, c, hw[0], hw[1]];
+            let data: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| (i as f32 * 0.37).cos()).collect();
+            let run = || plan.run(tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()]).unwrap().remove(0);
+            let one = run();
+            for threads in [2, 3] {
+                let many = multithread_tract_scope(Executor::multithread(threads), run);
+                let bits = |t: &TValue| {
+                    t.to_plain_array_view::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert!(bits(&one) == bits(&many), "{c} channels, {threads} threads: not the one-thread bits");
             }
         }
     }

@@ -242,6 +242,14 @@ impl Pointwise {
         let blocks = self.cout.div_ceil(self.width);
         ensure!(weights.len() == blocks * self.cin * self.width && bias.len() == blocks * self.width);
         let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
+        let threads = crate::kernels::parts::threads();
+        let work = self.batch * self.pixels * self.cin * self.cout;
+        let extents = [self.batch, self.pixels, self.cout];
+        let strides = [self.y.batch, self.y.pixel, self.y.channel];
+        if threads > 1 && work >= crate::kernels::parts::MIN_WORK && crate::kernels::parts::injective(extents, strides)
+        {
+            return self.run_parts(threads, x, r, y, weights, bias);
+        }
         let direct = self.y.channel == 1 && self.y.pixel == self.cout;
         let mut scratch = if direct { vec![] } else { vec![0f32; self.tile * self.cout] };
         for b in 0..self.batch {
@@ -285,10 +293,91 @@ impl Pointwise {
         Ok(())
     }
 
+    /// [`run_into`](Self::run_into) split over `threads`: the units are the
+    /// register tiles, and where a layer has too few of them to go round
+    /// (the late blocks' 2x2 and 4x4 planes, whose time is streaming their
+    /// weights) each tile's output channels too, in groups of whole
+    /// blocks. Each unit computes into a band of its own and writes its
+    /// values once; a value's arithmetic is the serial path's.
+    fn run_parts(
+        &self,
+        threads: usize,
+        x: &[f32],
+        r: Option<&[f32]>,
+        y: &mut [f32],
+        weights: &[f32],
+        bias: &[f32],
+    ) -> TractResult<()> {
+        let per_image = self.pixels.div_ceil(self.tile);
+        let tiles = self.batch * per_image;
+        let blocks = self.cout.div_ceil(self.width);
+        // Two units a thread at least, so that an uneven part (a short
+        // last tile, a busy core) costs less.
+        let groups = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(blocks) };
+        let per_group = blocks.div_ceil(groups);
+        let groups = blocks.div_ceil(per_group);
+        let units = tiles * groups;
+        let parts = threads;
+        let out = crate::kernels::parts::Disjoint::new(y);
+        let (cin, width) = (self.cin, self.width);
+        crate::kernels::parts::for_each_part(units, parts, |range| {
+            let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
+            let mut scratch = vec![0f32; self.tile * per_group * width];
+            for unit in range {
+                let (t, g) = (unit / groups, unit % groups);
+                let (b, p0) = (t / per_image, (t % per_image) * self.tile);
+                let rows = self.tile.min(self.pixels - p0);
+                let mut offsets = [0usize; MAX_TILE];
+                for (p, o) in offsets[..self.tile].iter_mut().enumerate() {
+                    *o = b * self.x.batch + self.x.pixels[(p0 + p).min(self.pixels - 1)];
+                }
+                let (b0, b1) = (g * per_group, ((g + 1) * per_group).min(blocks));
+                let (o0, o1) = (b0 * width, (b1 * width).min(self.cout));
+                let cols = o1 - o0;
+                let band = &mut scratch[..rows * cols];
+                let k = Kernel { cin, cout: cols, channels: &self.x.channels };
+                self.band_with(&k, x, &offsets, &weights[b0 * cin * width..b1 * cin * width], &bias[o0..], band);
+                if let Some(silu) = &silu {
+                    silu.run(band)?;
+                }
+                let start = b * self.y.batch + p0 * self.y.pixel;
+                for p in 0..rows {
+                    for o in 0..cols {
+                        let i = start + p * self.y.pixel + (o0 + o) * self.y.channel;
+                        let mut v = band[p * cols + o];
+                        if let Some(r) = r {
+                            v += r[i];
+                        }
+                        // SAFETY: unit (t, g) is the only one that holds
+                        // pixel p0 + p of image b and channel o0 + o, and
+                        // `injective` checked that no other value shares
+                        // its index.
+                        unsafe { out.write(i, v) };
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// One band of `rows` pixels, every output channel, into `band`
     /// (`[rows, cout]`), with the widest vector unit this CPU has.
     fn band(&self, x: &[f32], offsets: &[usize; MAX_TILE], weights: &[f32], bias: &[f32], band: &mut [f32]) {
         let k = Kernel { cin: self.cin, cout: self.cout, channels: &self.x.channels };
+        self.band_with(&k, x, offsets, weights, bias, band)
+    }
+
+    /// A band of `k.cout` channels: `weights` and `bias` start at its
+    /// first block.
+    fn band_with(
+        &self,
+        k: &Kernel,
+        x: &[f32],
+        offsets: &[usize; MAX_TILE],
+        weights: &[f32],
+        bias: &[f32],
+        band: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: each arm runs a function built for features this CPU
@@ -296,18 +385,18 @@ impl Pointwise {
             let isa = crate::kernels::Isa::best();
             let (avx512, avx2) = (isa >= crate::kernels::Isa::Avx512, isa >= crate::kernels::Isa::Avx2);
             match (self.tile, self.width) {
-                (6, 32) if avx512 => return unsafe { band_avx512::<6, 32>(&k, x, offsets, weights, bias, band) },
-                (4, 48) if avx512 => return unsafe { band_avx512::<4, 48>(&k, x, offsets, weights, bias, band) },
-                (6, 16) if avx2 => return unsafe { band_avx2::<6, 16>(&k, x, offsets, weights, bias, band) },
-                (4, 24) if avx2 => return unsafe { band_avx2::<4, 24>(&k, x, offsets, weights, bias, band) },
+                (6, 32) if avx512 => return unsafe { band_avx512::<6, 32>(k, x, offsets, weights, bias, band) },
+                (4, 48) if avx512 => return unsafe { band_avx512::<4, 48>(k, x, offsets, weights, bias, band) },
+                (6, 16) if avx2 => return unsafe { band_avx2::<6, 16>(k, x, offsets, weights, bias, band) },
+                (4, 24) if avx2 => return unsafe { band_avx2::<4, 24>(k, x, offsets, weights, bias, band) },
                 _ => {}
             }
         }
         match (self.tile, self.width) {
-            (6, 32) => band_body::<6, 32>(&k, x, offsets, weights, bias, band),
-            (4, 48) => band_body::<4, 48>(&k, x, offsets, weights, bias, band),
-            (6, 16) => band_body::<6, 16>(&k, x, offsets, weights, bias, band),
-            _ => band_body::<4, 24>(&k, x, offsets, weights, bias, band),
+            (6, 32) => band_body::<6, 32>(k, x, offsets, weights, bias, band),
+            (4, 48) => band_body::<4, 48>(k, x, offsets, weights, bias, band),
+            (6, 16) => band_body::<6, 16>(k, x, offsets, weights, bias, band),
+            _ => band_body::<4, 24>(k, x, offsets, weights, bias, band),
         }
     }
 }
@@ -722,6 +811,64 @@ mod tests {
             let mut got = vec![f32::NAN; pixels * cout];
             crate::kernels::Isa::capped(isa, || op.run_into(&x, None, &mut got)).unwrap();
             crate::ops::flat::assert_close(&want, &got, 1e-5, &format!("tile {tile:?} under {}", isa.name()));
+        }
+    }
+
+    /// Split over threads, by tiles (wide planes) or by tiles and channel
+    /// groups (a 2x2 plane has one tile), every layout gives the serial
+    /// path's bits, under every vector width.
+    #[test]
+    fn parts_give_the_serial_bits_at_every_thread_count() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        // (tile, cin, cout, batch, pixels, silu, residual, channel-first out)
+        let cases = [
+            ((6, 16), 37, 53, 1, 64, true, true, false),
+            ((4, 24), 48, 100, 1, 4, true, false, false),
+            ((6, 32), 19, 70, 3, 16, false, true, true),
+            ((4, 48), 23, 200, 2, 9, true, true, false),
+        ];
+        for (tile, cin, cout, batch, pixels, silu, residual, channel_first) in cases {
+            let w = |o: usize, i: usize| ((o * cin + i) as f32 * 0.731).sin();
+            let bias: Vec<f32> = (0..cout).map(|o| (o as f32 * 0.29).cos()).collect();
+            let n = batch * pixels;
+            let x: Vec<f32> = (0..n * cin).map(|k| (k as f32 * 0.37).cos()).collect();
+            let r: Vec<f32> = (0..n * cout).map(|k| (k as f32 * 0.11).sin()).collect();
+            let input = Input::strided(Strides { batch: pixels * cin, pixel: cin, channel: 1 }, pixels, cin);
+            let output = if channel_first {
+                Strides { batch: cout * pixels, pixel: 1, channel: pixels }
+            } else {
+                Strides { batch: pixels * cout, pixel: cout, channel: 1 }
+            };
+            let op = Pointwise::tiled(
+                tile,
+                [cin, cout],
+                [batch, pixels],
+                w,
+                &bias,
+                silu,
+                residual,
+                (input, output),
+                [tvec![batch, pixels, cin], tvec![batch, pixels, cout]],
+            )
+            .unwrap();
+            let r = residual.then_some(&r[..]);
+            let weights = op.weights.try_as_plain_ram().unwrap();
+            let packed = op.bias.try_as_plain_ram().unwrap();
+            let (weights, packed) = (weights.as_slice::<f32>().unwrap(), packed.as_slice::<f32>().unwrap());
+            for isa in crate::kernels::Isa::available() {
+                let mut serial = vec![f32::NAN; n * cout];
+                crate::kernels::Isa::capped(isa, || op.run_into(&x, r, &mut serial)).unwrap();
+                assert!(serial.iter().all(|v| v.is_finite()));
+                for threads in [1, 2, 3] {
+                    let mut split = vec![f32::NAN; n * cout];
+                    multithread_tract_scope(Executor::multithread(threads), || {
+                        crate::kernels::Isa::capped(isa, || op.run_parts(threads, &x, r, &mut split, weights, packed))
+                    })
+                    .unwrap();
+                    let same = serial.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "tile {tile:?}, {threads} threads, {}: not the serial bits", isa.name());
+                }
+            }
         }
     }
 
