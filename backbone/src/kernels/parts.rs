@@ -25,8 +25,9 @@ use tract_onnx::prelude::TractResult;
 
 mod team;
 
-/// Multiply-adds below which a call stays on the calling thread: waking
-/// the pool costs a few microseconds, what about 10^5 multiply-adds take.
+/// Multiply-adds below which a call stays on the calling thread: handing
+/// parts to the helpers costs a few microseconds, what about 10^5
+/// multiply-adds take.
 pub const MIN_WORK: usize = 1 << 17;
 
 /// The threads a kernel call may split over now.
@@ -34,6 +35,16 @@ pub fn threads() -> usize {
     match current_tract_executor() {
         Executor::MultiThread(pool) => pool.current_num_threads(),
         _ => 1,
+    }
+}
+
+/// The threads a kernel call of `work` multiply-adds should split over:
+/// one below [`MIN_WORK`], else [`threads`].
+pub fn threads_for(work: usize) -> usize {
+    if work < MIN_WORK {
+        1
+    } else {
+        threads()
     }
 }
 
@@ -65,16 +76,11 @@ pub fn for_each_rows(
     f: impl Fn(Range<usize>, &mut [f32]) -> TractResult<()> + Sync + Send,
 ) -> TractResult<()> {
     let units = out.len().checked_div(row).unwrap_or(0);
-    let parts = parts.clamp(1, units.max(1)).min(threads());
-    if parts < 2 {
-        return f(0..units, out);
-    }
-    let range = |i: usize| i * units / parts..(i + 1) * units / parts;
     let out = Disjoint::new(out);
-    team::run(parts, &|i| {
-        let units = range(i);
-        // SAFETY: part i is the only one that touches rows `units`, and
-        // the slice ends with the borrow `out` holds.
+    for_each_part(units, parts, |units| {
+        // SAFETY: the ranges of `for_each_part` are disjoint, so this part
+        // is the only one that touches rows `units`, and the slice ends
+        // with the borrow `out` holds.
         let chunk = unsafe { out.rows(units.start * row..units.end * row) };
         f(units, chunk)
     })
@@ -88,9 +94,9 @@ pub struct Disjoint<'a> {
     _borrow: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: a `Disjoint` is only written through `write`, whose contract
-// (each index written by one part only) rules out data races; it holds the
-// exclusive borrow of its buffer for its lifetime.
+// SAFETY: a `Disjoint` is only reached through `write` and `rows`, whose
+// contracts (each index touched by one part only) rule out data races; it
+// holds the exclusive borrow of its buffer for its lifetime.
 unsafe impl Send for Disjoint<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Disjoint<'_> {}

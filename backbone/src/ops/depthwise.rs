@@ -87,7 +87,7 @@ impl EvalOp for DepthwiseNhwc {
         };
         let (weights, bias) = (weights.as_slice::<f32>()?, bias.as_slice::<f32>()?);
         let work = n * oh * ow * c * self.kernel[0] * self.kernel[1];
-        let threads = if work >= crate::kernels::parts::MIN_WORK { crate::kernels::parts::threads() } else { 1 };
+        let threads = crate::kernels::parts::threads_for(work);
         crate::ops::flat::with_values(&x, |x| {
             // Units are output rows, `n * oh` of them; a part's rows may
             // span two images.

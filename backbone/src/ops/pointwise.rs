@@ -241,26 +241,19 @@ impl Pointwise {
         ensure!(last < x.len(), "Pointwise input too short");
         let blocks = self.cout.div_ceil(self.width);
         ensure!(weights.len() == blocks * self.cin * self.width && bias.len() == blocks * self.width);
-        let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
-        let threads = crate::kernels::parts::threads();
-        let work = self.batch * self.pixels * self.cin * self.cout;
+        let threads = crate::kernels::parts::threads_for(self.batch * self.pixels * self.cin * self.cout);
         let extents = [self.batch, self.pixels, self.cout];
         let strides = [self.y.batch, self.y.pixel, self.y.channel];
-        if threads > 1 && work >= crate::kernels::parts::MIN_WORK && crate::kernels::parts::injective(extents, strides)
-        {
+        if threads > 1 && crate::kernels::parts::injective(extents, strides) {
             return self.run_parts(threads, x, r, y, weights, bias);
         }
+        let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
         let direct = self.y.channel == 1 && self.y.pixel == self.cout;
         let mut scratch = if direct { vec![] } else { vec![0f32; self.tile * self.cout] };
         for b in 0..self.batch {
             for p0 in (0..self.pixels).step_by(self.tile) {
                 let rows = self.tile.min(self.pixels - p0);
-                // Offsets of the tile's pixels; a short last tile repeats
-                // its last pixel and drops those rows.
-                let mut offsets = [0usize; MAX_TILE];
-                for (p, o) in offsets[..self.tile].iter_mut().enumerate() {
-                    *o = b * self.x.batch + self.x.pixels[(p0 + p).min(self.pixels - 1)];
-                }
+                let offsets = self.tile_offsets(b, p0);
                 let finish = |band: &mut [f32]| -> TractResult<()> {
                     self.band(x, &offsets, weights, bias, band);
                     if let Some(silu) = &silu {
@@ -316,21 +309,16 @@ impl Pointwise {
         let groups = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(blocks) };
         let per_group = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(per_group);
-        let units = tiles * groups;
-        let parts = threads;
         let out = crate::kernels::parts::Disjoint::new(y);
         let (cin, width) = (self.cin, self.width);
-        crate::kernels::parts::for_each_part(units, parts, |range| {
+        crate::kernels::parts::for_each_part(tiles * groups, threads, |range| {
             let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
             let mut scratch = vec![0f32; self.tile * per_group * width];
             for unit in range {
                 let (t, g) = (unit / groups, unit % groups);
                 let (b, p0) = (t / per_image, (t % per_image) * self.tile);
                 let rows = self.tile.min(self.pixels - p0);
-                let mut offsets = [0usize; MAX_TILE];
-                for (p, o) in offsets[..self.tile].iter_mut().enumerate() {
-                    *o = b * self.x.batch + self.x.pixels[(p0 + p).min(self.pixels - 1)];
-                }
+                let offsets = self.tile_offsets(b, p0);
                 let (b0, b1) = (g * per_group, ((g + 1) * per_group).min(blocks));
                 let (o0, o1) = (b0 * width, (b1 * width).min(self.cout));
                 let cols = o1 - o0;
@@ -358,6 +346,17 @@ impl Pointwise {
             }
             Ok(())
         })
+    }
+
+    /// Input offsets of the tile of image `b`'s pixels from `p0`; a short
+    /// last tile repeats its last pixel (the kernel computes those rows
+    /// and the callers drop them).
+    fn tile_offsets(&self, b: usize, p0: usize) -> [usize; MAX_TILE] {
+        let mut offsets = [0usize; MAX_TILE];
+        for (p, o) in offsets[..self.tile].iter_mut().enumerate() {
+            *o = b * self.x.batch + self.x.pixels[(p0 + p).min(self.pixels - 1)];
+        }
+        offsets
     }
 
     /// One band of `rows` pixels, every output channel, into `band`
