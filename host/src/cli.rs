@@ -309,6 +309,16 @@ struct TrainArgs {
     /// linear classifier.
     #[arg(long, default_value_t = 0.0)]
     cosine_scale: f64,
+    /// RandAugment: N operations per training image at magnitude M of 30,
+    /// as N,M (the paper's CIFAR setting is 2,9); off when absent.
+    #[arg(long, value_name = "N,M")]
+    randaugment: Option<crate::randaugment::RandAugment>,
+    /// Start from this finished checkpoint's weights instead of a random
+    /// network (a warm restart: the schedule runs again from --lr). Its
+    /// dataset, classes, size and network must match this run's; the
+    /// manifest records its weights' SHA-256.
+    #[arg(long, value_name = "DIR")]
+    init_from: Option<PathBuf>,
     /// Use the tiny test variant of the network.
     #[arg(long)]
     tiny: bool,
@@ -748,6 +758,10 @@ fn train(a: TrainArgs) -> Result<()> {
         recipe.arch = ArchConfig::tiny(recipe.outputs(classes.len()));
     }
     recipe.arch.cosine_scale = off_or_positive("--cosine-scale", "a scale", a.cosine_scale)?;
+    recipe.randaugment = a.randaugment;
+    if let Some(dir) = &a.init_from {
+        recipe.warm_start = Some(tr::warm_start_of(dir, a.data.dataset, &classes, &recipe)?);
+    }
     let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
     let checkpoint_dir = a.checkpoint_dir.clone().unwrap_or_else(|| fit::cache_dir().join("runs").join(&name));
     let (device, why) = tr::pick_device(a.cpu);
@@ -762,6 +776,7 @@ fn train(a: TrainArgs) -> Result<()> {
         device,
         limit_per_class: a.limit_per_class,
         progress: true,
+        init_from: a.init_from.clone(),
     };
     let trained = tr::train(&job)?;
     let report =

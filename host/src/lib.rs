@@ -19,6 +19,8 @@ pub mod onnx;
 #[cfg(feature = "train")]
 pub mod parity;
 pub mod prep;
+#[cfg(feature = "train")]
+pub mod randaugment;
 pub mod rng;
 pub mod split;
 #[cfg(feature = "train")]

@@ -8,6 +8,7 @@ use crate::net::EfficientNet;
 use crate::onnx::Weights;
 use crate::parity::weights_of;
 use crate::prep::{self, Normalization};
+use crate::randaugment::{Image, RandAugment};
 use crate::rng::Rng;
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -98,6 +99,27 @@ pub struct Recipe {
     /// base class. The paper's CIFAR-10 temperature is 0.04.
     #[serde(default)]
     pub logit_norm: f64,
+    /// RandAugment (see [`crate::randaugment`]): `ops` operations at one
+    /// magnitude on every training image, before the crop and flip; `None`
+    /// is off (and leaves the random stream as it was without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub randaugment: Option<RandAugment>,
+    /// The network this run starts from instead of a random one: a longer
+    /// schedule in two legs (SGDR's warm restart, Loshchilov & Hutter
+    /// 2017), so a run that already cost hours is extended rather than
+    /// repeated. Part of the recipe: the bundle records what it grew from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<WarmStart>,
+}
+
+/// Which checkpoint a warm-started run began from, by content: the hash
+/// holds wherever the folder was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmStart {
+    /// SHA-256 of the starting `model.safetensors`, hex.
+    pub weights_sha256: String,
+    /// Epochs the starting network had trained (its own recipe's budget).
+    pub after_epochs: usize,
 }
 
 fn one() -> u8 {
@@ -143,6 +165,8 @@ impl Recipe {
             rotations: 1,
             cutout: 0,
             logit_norm: 0.0,
+            randaugment: None,
+            warm_start: None,
         }
     }
 
@@ -203,6 +227,9 @@ pub struct TrainJob {
     /// Keep at most this many training images per class (quick runs, tests).
     pub limit_per_class: Option<usize>,
     pub progress: bool,
+    /// The checkpoint folder `recipe.warm_start` names (needed only when the
+    /// run starts, not when it resumes).
+    pub init_from: Option<PathBuf>,
 }
 
 pub struct Trained {
@@ -218,9 +245,12 @@ fn to_tensor(inputs: Vec<f32>, n: usize, size: usize) -> Tensor {
     Tensor::from_slice(&inputs).view([n as i64, 3, size as i64, size as i64])
 }
 
-/// Random crop (zero padding in normalised space, i.e. the mean colour) and
-/// horizontal flip, per sample.
-fn augment(xs: &Tensor, recipe: &Recipe, rng: &mut Rng) -> Tensor {
+/// RandAugment (when the recipe has it), then random crop (zero padding in
+/// normalised space, i.e. the mean colour), horizontal flip and cutout, per
+/// sample.
+fn augment(xs: &Tensor, recipe: &Recipe, norm: &Normalization, rng: &mut Rng) -> Tensor {
+    let randomised = recipe.randaugment.map(|policy| rand_augment(xs, policy, norm, rng));
+    let xs = randomised.as_ref().unwrap_or(xs);
     let size = recipe.size as i64;
     let p = recipe.crop_pad as i64;
     let padded = if p > 0 { xs.constant_pad_nd([p, p, p, p]) } else { xs.shallow_clone() };
@@ -235,6 +265,25 @@ fn augment(xs: &Tensor, recipe: &Recipe, rng: &mut Rng) -> Tensor {
         })
         .collect();
     Tensor::stack(&crops, 0)
+}
+
+/// `policy` on each image of `xs` (`[N, C, S, S]`, normalised): back to
+/// `[0, 1]`, where its operations are defined, and normalised again.
+fn rand_augment(xs: &Tensor, policy: RandAugment, norm: &Normalization, rng: &mut Rng) -> Tensor {
+    let shape = xs.size();
+    let (c, s) = (shape[1] as usize, shape[2] as usize);
+    let mut data: Vec<f32> = Vec::try_from(&xs.flatten(0, -1).to_kind(Kind::Float)).expect("a CPU tensor");
+    let fill = norm.mean;
+    for img in data.chunks_exact_mut(c * s * s) {
+        for (ch, plane) in img.chunks_exact_mut(s * s).enumerate() {
+            plane.iter_mut().for_each(|v| *v = *v * norm.std[ch] + norm.mean[ch]);
+        }
+        policy.apply(&mut Image { data: img, channels: c, side: s }, &fill, rng);
+        for (ch, plane) in img.chunks_exact_mut(s * s).enumerate() {
+            plane.iter_mut().for_each(|v| *v = (*v - norm.mean[ch]) / norm.std[ch]);
+        }
+    }
+    Tensor::from_slice(&data).view(shape.as_slice())
 }
 
 /// `c` (`[C, S, S]`, normalised: 0 is the mean colour) with a square of
@@ -322,7 +371,13 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
 
     let mut state = if job.resume && state_path.exists() {
         let s: TrainState = serde_json::from_slice(&std::fs::read(&state_path)?).context("reading state.json")?;
-        if s.recipe != *recipe || s.classes != job.classes || s.dataset != job.dataset {
+        // A warm-started run resumes from its own weights: naming the
+        // starting checkpoint again is not needed.
+        let mut wanted = recipe.clone();
+        if wanted.warm_start.is_none() {
+            wanted.warm_start.clone_from(&s.recipe.warm_start);
+        }
+        if s.recipe != wanted || s.classes != job.classes || s.dataset != job.dataset {
             bail!(
                 "{} holds a run with another recipe, dataset or classes; use a different --checkpoint-dir or drop --resume",
                 state_path.display()
@@ -341,6 +396,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         }
     };
 
+    let recipe = &state.recipe.clone();
     let size = recipe.size as usize;
     let pre = state.normalization.preprocess(recipe.size);
     let label_of = |l: u16| job.classes.iter().position(|&c| c == l).expect("filtered") as i64;
@@ -359,6 +415,11 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
     if state.epochs_done > 0 {
         vs.load(&weights_path).with_context(|| format!("loading {}", weights_path.display()))?;
         eprintln!("resuming after epoch {} from {}", state.epochs_done, weights_path.display());
+    } else if let Some(warm) = &recipe.warm_start {
+        let dir = job.init_from.as_deref().context("the recipe warm-starts, but no starting checkpoint was given")?;
+        let from = warm_start_weights(dir, warm, &state)?;
+        vs.load(&from).with_context(|| format!("loading {}", from.display()))?;
+        eprintln!("starting from {} (after its epoch {})", from.display(), warm.after_epochs);
     }
     let mut opt = match recipe.optimizer {
         OptimizerKind::Adamw => {
@@ -392,7 +453,8 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         let mut lr = recipe.lr;
         for step in 0..steps_per_epoch {
             let idx = Tensor::from_slice(&order[step * recipe.batch..(step + 1) * recipe.batch]);
-            let xs = augment(&train_x.index_select(0, &idx), recipe, &mut epoch_rng).to_device(job.device);
+            let xs = augment(&train_x.index_select(0, &idx), recipe, &state.normalization, &mut epoch_rng)
+                .to_device(job.device);
             let ys = train_y.index_select(0, &idx);
             let (xs, ys) = if recipe.rotations > 1 {
                 let (x, y) = rotate(&xs, &ys, recipe.rotations, &mut epoch_rng);
@@ -448,6 +510,58 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
     }
     vs.set_kind(Kind::Float);
     Ok(Trained { weights: weights_of(&vs), arch, state })
+}
+
+/// What `--init-from DIR` puts in a recipe: the starting weights' hash and
+/// epochs, after checking that the checkpoint can seed this run (same
+/// dataset, classes, input size and network).
+pub fn warm_start_of(dir: &Path, dataset: DatasetKind, classes: &[u16], recipe: &Recipe) -> Result<WarmStart> {
+    let state: TrainState = serde_json::from_slice(
+        &std::fs::read(dir.join(STATE_FILE)).with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
+    )
+    .with_context(|| format!("{} is not a training state", dir.join(STATE_FILE).display()))?;
+    if state.dataset != dataset || state.classes != classes {
+        bail!(
+            "{} was trained on {} classes {:?}; this run is {} classes {:?}",
+            dir.display(),
+            state.dataset.name(),
+            state.classes,
+            dataset.name(),
+            classes
+        );
+    }
+    if state.recipe.size != recipe.size || state.recipe.arch != recipe.arch {
+        bail!(
+            "{} holds another network (input {}, {:?}); this run builds input {}, {:?}",
+            dir.display(),
+            state.recipe.size,
+            state.recipe.arch,
+            recipe.size,
+            recipe.arch
+        );
+    }
+    let bytes = std::fs::read(dir.join(WEIGHTS_FILE))
+        .with_context(|| format!("reading {}", dir.join(WEIGHTS_FILE).display()))?;
+    Ok(WarmStart { weights_sha256: hex::encode(gaussedge_bundle::sha256(&bytes)), after_epochs: state.epochs_done })
+}
+
+/// The starting weights' file, once it is checked to be the one the recipe
+/// names and to share this run's normalisation.
+fn warm_start_weights(dir: &Path, warm: &WarmStart, run: &TrainState) -> Result<PathBuf> {
+    let again = warm_start_of(dir, run.dataset, &run.classes, &run.recipe)?;
+    if again.weights_sha256 != warm.weights_sha256 {
+        bail!(
+            "{} now holds weights {}, not the {} this run started from",
+            dir.display(),
+            again.weights_sha256,
+            warm.weights_sha256
+        );
+    }
+    let theirs: TrainState = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE))?)?;
+    if theirs.normalization != run.normalization {
+        bail!("{} normalised its inputs differently ({:?})", dir.display(), theirs.normalization);
+    }
+    Ok(dir.join(WEIGHTS_FILE))
 }
 
 /// Loads a finished (or partial) checkpoint without training.

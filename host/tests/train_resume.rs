@@ -5,7 +5,8 @@
 
 use gaussedge_host::arch::ArchConfig;
 use gaussedge_host::data::DatasetKind;
-use gaussedge_host::train::{load_checkpoint, train, Recipe, TrainJob};
+use gaussedge_host::randaugment::RandAugment;
+use gaussedge_host::train::{load_checkpoint, train, warm_start_of, Recipe, TrainJob};
 
 fn cifar_like(dir: &std::path::Path) {
     let mut bytes = vec![];
@@ -34,6 +35,7 @@ fn job(data: &std::path::Path, ckpt: &std::path::Path, epochs: usize, resume: bo
         device: tch::Device::Cpu,
         limit_per_class: None,
         progress: false,
+        init_from: None,
     }
 }
 
@@ -65,4 +67,64 @@ fn resume_continues_and_refuses_another_recipe() {
     let (state, arch, weights) = load_checkpoint(ckpt.path()).unwrap();
     assert_eq!(state.epochs_done, 2);
     weights.check(&arch).unwrap();
+}
+
+/// A warm-started run begins from the named checkpoint's weights (its first
+/// epoch starts where that network was, not at chance), records them by
+/// hash, resumes without naming them again, and refuses a checkpoint of
+/// another network or one whose weights changed since. RandAugment trains
+/// alongside and is part of the recipe.
+#[test]
+fn warm_start_extends_a_finished_run_and_checks_what_it_starts_from() {
+    tch::set_num_threads(1);
+    let data = tempfile::tempdir().unwrap();
+    cifar_like(data.path());
+    let base = tempfile::tempdir().unwrap();
+    let first = train(&job(data.path(), base.path(), 3, false)).unwrap();
+
+    let leg = tempfile::tempdir().unwrap();
+    let mut second = job(data.path(), leg.path(), 1, false);
+    second.recipe.randaugment = Some(RandAugment { ops: 2, magnitude: 9 });
+    // At learning rate 0 the leg changes no parameter (only batch norm's
+    // running statistics move): whatever it ends with, it started from.
+    second.recipe.lr = 0.0;
+    let warm = warm_start_of(base.path(), DatasetKind::Cifar10, &[0, 1, 2], &second.recipe).unwrap();
+    assert_eq!(warm.after_epochs, 3);
+    second.recipe.warm_start = Some(warm.clone());
+    let err = train(&second).err().expect("no folder given");
+    assert!(err.to_string().contains("no starting checkpoint"), "{err}");
+    second.init_from = Some(base.path().to_path_buf());
+    let extended = train(&second).unwrap();
+    assert_eq!(extended.state.recipe.warm_start, Some(warm));
+    assert_eq!(extended.state.recipe.randaugment, Some(RandAugment { ops: 2, magnitude: 9 }));
+    let mut compared = 0;
+    for (name, shape) in first.arch.tensors() {
+        if name.contains("running") || name.contains("num_batches") {
+            continue;
+        }
+        let (a, b) = (first.weights.get(&name, &shape).unwrap(), extended.weights.get(&name, &shape).unwrap());
+        assert_eq!(a, b, "{name} is the starting network's");
+        compared += 1;
+    }
+    assert!(compared > 10);
+
+    // Resuming needs no --init-from: the run's own checkpoint is there.
+    let mut resume = job(data.path(), leg.path(), 1, true);
+    resume.recipe.randaugment = Some(RandAugment { ops: 2, magnitude: 9 });
+    resume.recipe.lr = 0.0;
+    assert_eq!(train(&resume).unwrap().state.history, extended.state.history);
+
+    // Another network (other classes) cannot seed this one.
+    let err = warm_start_of(base.path(), DatasetKind::Cifar10, &[0, 1], &second.recipe).err().unwrap();
+    assert!(err.to_string().contains("was trained on"), "{err}");
+    // Weights that changed since the recipe named them are refused.
+    let weights = base.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    second.checkpoint_dir = fresh.path().to_path_buf();
+    let err = train(&second).err().expect("changed weights refused");
+    assert!(err.to_string().contains("now holds weights"), "{err}");
 }
