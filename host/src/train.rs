@@ -377,6 +377,16 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         if wanted.warm_start.is_none() {
             wanted.warm_start.clone_from(&s.recipe.warm_start);
         }
+        if let (Some(had), Some(now)) = (&s.recipe.warm_start, &wanted.warm_start) {
+            if had != now {
+                bail!(
+                    "{} started from weights {}, and --init-from now names {}: drop --init-from to resume it",
+                    state_path.display(),
+                    had.weights_sha256,
+                    now.weights_sha256
+                );
+            }
+        }
         if s.recipe != wanted || s.classes != job.classes || s.dataset != job.dataset {
             bail!(
                 "{} holds a run with another recipe, dataset or classes; use a different --checkpoint-dir or drop --resume",

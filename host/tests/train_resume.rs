@@ -6,7 +6,7 @@
 use gaussedge_host::arch::ArchConfig;
 use gaussedge_host::data::DatasetKind;
 use gaussedge_host::randaugment::RandAugment;
-use gaussedge_host::train::{load_checkpoint, train, warm_start_of, Recipe, TrainJob};
+use gaussedge_host::train::{load_checkpoint, train, warm_start_of, Recipe, TrainJob, WarmStart};
 
 fn cifar_like(dir: &std::path::Path) {
     let mut bytes = vec![];
@@ -113,6 +113,13 @@ fn warm_start_extends_a_finished_run_and_checks_what_it_starts_from() {
     resume.recipe.randaugment = Some(RandAugment { ops: 2, magnitude: 9 });
     resume.recipe.lr = 0.0;
     assert_eq!(train(&resume).unwrap().state.history, extended.state.history);
+
+    // Naming a starting checkpoint that changed since says which to drop.
+    let mut renamed = job(data.path(), leg.path(), 1, true);
+    renamed.recipe = resume.recipe.clone();
+    renamed.recipe.warm_start = Some(WarmStart { weights_sha256: "00".repeat(32), after_epochs: 3 });
+    let err = train(&renamed).err().expect("another start refused");
+    assert!(err.to_string().contains("drop --init-from"), "{err}");
 
     // Another network (other classes) cannot seed this one.
     let err = warm_start_of(base.path(), DatasetKind::Cifar10, &[0, 1], &second.recipe).err().unwrap();
