@@ -370,7 +370,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
     }
 
     let mut state = if job.resume && state_path.exists() {
-        let s: TrainState = serde_json::from_slice(&std::fs::read(&state_path)?).context("reading state.json")?;
+        let s = read_state(&job.checkpoint_dir)?;
         // A warm-started run resumes from its own weights: naming the
         // starting checkpoint again is not needed.
         let mut wanted = recipe.clone();
@@ -526,10 +526,17 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
 /// epochs, after checking that the checkpoint can seed this run (same
 /// dataset, classes, input size and network).
 pub fn warm_start_of(dir: &Path, dataset: DatasetKind, classes: &[u16], recipe: &Recipe) -> Result<WarmStart> {
-    let state: TrainState = serde_json::from_slice(
-        &std::fs::read(dir.join(STATE_FILE)).with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
-    )
-    .with_context(|| format!("{} is not a training state", dir.join(STATE_FILE).display()))?;
+    Ok(starting_point(dir, dataset, classes, recipe)?.0)
+}
+
+/// [`warm_start_of`], with the checkpoint's state it read.
+fn starting_point(
+    dir: &Path,
+    dataset: DatasetKind,
+    classes: &[u16],
+    recipe: &Recipe,
+) -> Result<(WarmStart, TrainState)> {
+    let state = read_state(dir)?;
     if state.dataset != dataset || state.classes != classes {
         bail!(
             "{} was trained on {} classes {:?}; this run is {} classes {:?}",
@@ -552,13 +559,22 @@ pub fn warm_start_of(dir: &Path, dataset: DatasetKind, classes: &[u16], recipe: 
     }
     let bytes = std::fs::read(dir.join(WEIGHTS_FILE))
         .with_context(|| format!("reading {}", dir.join(WEIGHTS_FILE).display()))?;
-    Ok(WarmStart { weights_sha256: hex::encode(gaussedge_bundle::sha256(&bytes)), after_epochs: state.epochs_done })
+    let warm =
+        WarmStart { weights_sha256: hex::encode(gaussedge_bundle::sha256(&bytes)), after_epochs: state.epochs_done };
+    Ok((warm, state))
+}
+
+/// A checkpoint folder's `state.json`.
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a training state", path.display()))
 }
 
 /// The starting weights' file, once it is checked to be the one the recipe
 /// names and to share this run's normalisation.
 fn warm_start_weights(dir: &Path, warm: &WarmStart, run: &TrainState) -> Result<PathBuf> {
-    let again = warm_start_of(dir, run.dataset, &run.classes, &run.recipe)?;
+    let (again, theirs) = starting_point(dir, run.dataset, &run.classes, &run.recipe)?;
     if again.weights_sha256 != warm.weights_sha256 {
         bail!(
             "{} now holds weights {}, not the {} this run started from",
@@ -567,7 +583,6 @@ fn warm_start_weights(dir: &Path, warm: &WarmStart, run: &TrainState) -> Result<
             warm.weights_sha256
         );
     }
-    let theirs: TrainState = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE))?)?;
     if theirs.normalization != run.normalization {
         bail!("{} normalised its inputs differently ({:?})", dir.display(), theirs.normalization);
     }
@@ -576,8 +591,7 @@ fn warm_start_weights(dir: &Path, warm: &WarmStart, run: &TrainState) -> Result<
 
 /// Loads a finished (or partial) checkpoint without training.
 pub fn load_checkpoint(dir: &Path) -> Result<(TrainState, Arch, Weights)> {
-    let state: TrainState =
-        serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).context("reading state.json")?)?;
+    let state = read_state(dir)?;
     let weights = Weights::from_safetensors(&std::fs::read(dir.join(WEIGHTS_FILE))?)?;
     let arch = Arch::new(state.recipe.arch);
     weights.check(&arch)?;
