@@ -188,10 +188,16 @@ impl Layout {
         let s = 2 * self.kd() + PER_CLASS * self.capacity + 2 * self.dim + i * tri_len(self.dim);
         s..s + tri_len(self.dim)
     }
+    /// The factor rounded to f32, two values to an f64 of the arena (see
+    /// [`GaussianHead::predict`]).
+    fn score(&self) -> Range<usize> {
+        let s = 2 * self.kd() + PER_CLASS * self.capacity + 2 * self.dim + 3 * tri_len(self.dim);
+        s..s + tri_len(self.dim).div_ceil(2)
+    }
     /// The samples learned but not yet added to the staged scatter:
     /// [`PENDING`] deltas of `D` values, then their coefficients.
     fn pending(&self) -> Range<usize> {
-        let s = 2 * self.kd() + PER_CLASS * self.capacity + 2 * self.dim + 3 * tri_len(self.dim);
+        let s = self.score().end;
         s..s + PENDING * (self.dim + 1)
     }
     /// Two scratch vectors, last, so that everything before them can be
@@ -212,6 +218,7 @@ impl Layout {
             .checked_add(PER_CLASS.checked_mul(k)?)?
             .checked_add(d.checked_mul(4)?)?
             .checked_add(tri.checked_mul(3)?)?
+            .checked_add(tri.div_ceil(2))?
             .checked_add(d.checked_add(1)?.checked_mul(PENDING)?)?;
         floats.checked_mul(core::mem::size_of::<f64>())?.checked_add(k.checked_mul(core::mem::size_of::<ClassSlot>())?)
     }
@@ -221,6 +228,7 @@ impl Layout {
             + PER_CLASS * self.capacity
             + 4 * self.dim
             + 3 * tri_len(self.dim)
+            + tri_len(self.dim).div_ceil(2)
             + PENDING * (self.dim + 1)
     }
     /// Bytes of the fixed footprint: the float arena plus the class table.
@@ -913,9 +921,14 @@ impl<S: Storage> GaussianHead<S> {
     }
 
     /// Recomputes `w_c = Sigma^-1 m_c`, `q_c = m_c . w_c` and the biases for
-    /// every active class from the current factor.
+    /// every active class from the current factor, and the factor's f32
+    /// copy that [`predict`](Self::predict) scores novelty with.
     fn update_weights(&mut self) {
         let (l, factor) = (self.layout, self.factor);
+        {
+            let parts = split(self.storage.floats_mut(), &l);
+            linalg::round_to_f32(parts.tri[factor], parts.score);
+        }
         for slot in 0..l.capacity {
             let active = self.storage.slots()[slot].active;
             let parts = split(self.storage.floats_mut(), &l);
@@ -951,14 +964,16 @@ impl<S: Storage> GaussianHead<S> {
     /// Scores every class and finds the arg-max and the novelty, using the
     /// head's own scratch. Never allocates. `scores`, if given, receives one
     /// score per slot (`-inf` for empty slots).
+    ///
+    /// The class scores are f64 throughout. The novelty's triangular solve
+    /// reads an f32 copy of the Cholesky factor (sums in f64): on a device
+    /// the backbone evicts the factor from the caches between frames, so
+    /// the solve streams it from memory, and half the bytes is about half
+    /// the time. The score moves by a relative `1e-6` or so, far inside
+    /// what the threshold can tell (bench/accuracy.md holds the figures).
     pub fn predict(&mut self, x: &[f32], scores: Option<&mut [f64]>) -> Result<Prediction, HeadError> {
         let l = self.layout;
-        let ctx = Ctx {
-            transform: self.transform,
-            factor: self.factor,
-            factored: self.factored,
-            novelty: Some(self.settings.novelty),
-        };
+        let ctx = Ctx { transform: self.transform, factored: self.factored, novelty: Some(self.settings.novelty) };
         let (floats, slots) = self.storage.parts_mut();
         let (arena, scratch) = floats.split_at_mut(l.scratch().start);
         let (xt, y) = scratch.split_at_mut(l.dim);
@@ -970,7 +985,7 @@ impl<S: Storage> GaussianHead<S> {
     /// of the scores. `novelty` comes back as NaN.
     pub fn classify(&mut self, x: &[f32], scores: Option<&mut [f64]>) -> Result<Prediction, HeadError> {
         let l = self.layout;
-        let ctx = Ctx { transform: self.transform, factor: self.factor, factored: self.factored, novelty: None };
+        let ctx = Ctx { transform: self.transform, factored: self.factored, novelty: None };
         let (floats, slots) = self.storage.parts_mut();
         let (arena, scratch) = floats.split_at_mut(l.scratch().start);
         let (xt, y) = scratch.split_at_mut(l.dim);
@@ -990,12 +1005,7 @@ impl<S: Storage> GaussianHead<S> {
             return Err(HeadError::DimMismatch { expected: 2 * l.dim, got: scratch.len() });
         }
         let (xt, y) = scratch.split_at_mut(l.dim);
-        let ctx = Ctx {
-            transform: self.transform,
-            factor: self.factor,
-            factored: self.factored,
-            novelty: Some(self.settings.novelty),
-        };
+        let ctx = Ctx { transform: self.transform, factored: self.factored, novelty: Some(self.settings.novelty) };
         let (floats, slots) = self.storage.parts();
         predict_impl(&ctx, l, floats, slots, x, scores, xt, &mut y[..l.dim])
     }
@@ -1105,7 +1115,6 @@ fn excess_spread(spread: f64, count: u64, reference: f64) -> f64 {
 /// What prediction needs of the head besides its arena.
 struct Ctx {
     transform: Transform,
-    factor: usize,
     factored: bool,
     /// The novelty score to compute, if any.
     novelty: Option<NoveltyScore>,
@@ -1133,10 +1142,11 @@ fn predict_impl(
         return Err(HeadError::NoClasses);
     }
     ctx.transform.apply(x, &f[l.vector(CENTER)], xt);
-    // ||L^-1 x||^2 for the novelty score.
+    // ||L^-1 x||^2 for the novelty score, against the f32 copy of L.
     let xx = if ctx.novelty.is_some() {
         y.copy_from_slice(xt);
-        linalg::whitened_norm_sq(&f[l.tri(ctx.factor)], y)
+        let score = &linalg::as_f32(&f[l.score()])[..tri_len(l.dim)];
+        linalg::whitened_norm_sq_f32(score, y)
     } else {
         f64::NAN
     };
@@ -1196,6 +1206,8 @@ struct Parts<'a> {
     scratch_a: &'a mut [f64],
     scratch_b: &'a mut [f64],
     tri: [&'a mut [f64]; 3],
+    /// The factor rounded to f32, for scoring.
+    score: &'a mut [f32],
 }
 
 fn split<'a>(f: &'a mut [f64], l: &Layout) -> Parts<'a> {
@@ -1211,6 +1223,7 @@ fn split<'a>(f: &'a mut [f64], l: &Layout) -> Parts<'a> {
     let (t0, f) = f.split_at_mut(t);
     let (t1, f) = f.split_at_mut(t);
     let (t2, f) = f.split_at_mut(t);
+    let (score, f) = f.split_at_mut(t.div_ceil(2));
     let (pending, f) = f.split_at_mut(PENDING * l.dim);
     let (pending_coeff, f) = f.split_at_mut(PENDING);
     let (scratch_a, f) = f.split_at_mut(l.dim);
@@ -1229,6 +1242,7 @@ fn split<'a>(f: &'a mut [f64], l: &Layout) -> Parts<'a> {
         scratch_a,
         scratch_b,
         tri: [t0, t1, t2],
+        score: &mut linalg::as_f32_mut(score)[..t],
     }
 }
 

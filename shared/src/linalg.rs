@@ -15,6 +15,306 @@
 //!
 //! Nothing here allocates; slices of the wrong length are caller bugs and
 //! panic in debug builds through the indexing.
+//!
+//! Each kernel is written once, in [`portable`], with its order of
+//! operations fixed in the source (sums in [`LANES`] lanes, no fused
+//! multiply-add); on x86-64 with `std` it also runs as an AVX2 or AVX-512
+//! build of the same source, picked at run time by one `dispatch!`. Every
+//! build gives the same bits, so statistics learned on one CPU score the
+//! same on another, and a test holds the builds to it.
+
+/// Calls `portable::$f(args)` compiled for AVX2 where the CPU has it (found
+/// at run time, so one binary serves every x86-64), else as built. The
+/// kernels fix their order of operations in the source (lanes, no fused
+/// multiply-add), so both give the same bits: the wider build only packs
+/// the same additions into wider registers. The one dispatch point of this
+/// crate; builds without `std` (a microcontroller) use the portable code.
+macro_rules! dispatch {
+    (portable::$f:ident($($a:expr),*)) => {{
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        #[allow(unsafe_code)]
+        {
+            if isa::avx512() {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { wide::avx512::$f($($a),*) };
+            }
+            if isa::avx2() {
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { wide::avx2::$f($($a),*) };
+            }
+        }
+        portable::$f($($a),*)
+    }};
+}
+
+/// Which build of the kernels [`dot`] and the others run on this CPU:
+/// `"avx512"`, `"avx2"` or `"portable"` (tests and benchmarks print it; the
+/// results are the same bits whichever it is).
+pub fn kernels() -> &'static str {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    {
+        if isa::avx512() {
+            return "avx512";
+        }
+        if isa::avx2() {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
+/// Run-time CPU detection, cached by the standard library.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod isa {
+    extern crate std;
+
+    #[inline]
+    pub fn avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    #[inline]
+    pub fn avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+}
+
+/// The kernels compiled with wider vectors enabled: thin wrappers into
+/// which the portable bodies (`#[inline(always)]`) are inlined.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[allow(unsafe_code)]
+mod wide {
+    macro_rules! wrap {
+        ($(fn $f:ident($($a:ident: $t:ty),*) $(-> $r:ty)?;)*) => {
+            pub mod avx2 {
+                use super::super::{portable, NotPositiveDefinite};
+                $(
+                    #[target_feature(enable = "avx2")]
+                    pub unsafe fn $f($($a: $t),*) $(-> $r)? {
+                        portable::$f($($a),*)
+                    }
+                )*
+            }
+            pub mod avx512 {
+                use super::super::{portable, NotPositiveDefinite};
+                $(
+                    #[target_feature(enable = "avx512f")]
+                    pub unsafe fn $f($($a: $t),*) $(-> $r)? {
+                        portable::$f($($a),*)
+                    }
+                )*
+            }
+        };
+    }
+
+    wrap! {
+        fn dot(a: &[f64], b: &[f64]) -> f64;
+        fn syr_batch(p: &mut [f64], alphas: &[f64], xs: &[f64]);
+        fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite>;
+        fn forward_solve(l: &[f64], b: &mut [f64]);
+        fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize);
+        fn backward_solve(l: &[f64], y: &mut [f64]);
+        fn whitened_norm_sq_f32(l: &[f32], v: &mut [f64]) -> f64;
+    }
+}
+
+/// The kernels as written: what every CPU computes, and what builds without
+/// run-time detection run. Public so tests can hold the dispatched kernels
+/// to them bit for bit.
+pub mod portable {
+    use super::{row_start, tri_len, NotPositiveDefinite, LANES};
+
+    /// See [`super::dot`].
+    #[inline(always)]
+    pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+        debug_assert_eq!(a.len(), b.len());
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0.0f64; LANES];
+        let mut ca = a.chunks_exact(LANES);
+        let mut cb = b.chunks_exact(LANES);
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            // Index loops over fixed-size arrays: LLVM keeps `acc` in
+            // registers and vectorises across the lanes.
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let mut tail = 0.0;
+        for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+            tail += x * y;
+        }
+        let mut width = LANES / 2;
+        while width > 0 {
+            for l in 0..width {
+                acc[l] += acc[l + width];
+            }
+            width /= 2;
+        }
+        acc[0] + tail
+    }
+
+    /// See [`super::syr_batch`]. Row by row; within a row, a tile of
+    /// `LANES` elements is loaded once, every vector's term added to it in
+    /// order, and stored once.
+    #[inline(always)]
+    pub fn syr_batch(p: &mut [f64], alphas: &[f64], xs: &[f64]) {
+        let k = alphas.len();
+        let Some(d) = xs.len().checked_div(k) else { return };
+        debug_assert_eq!(p.len(), tri_len(d));
+        // The vectors' scales for this row; a zero scale skips its vector,
+        // as `syr` does (adding `+0` would turn a `-0` into `+0`).
+        const MAX: usize = 64;
+        let mut s = [0.0f64; MAX];
+        let mut which = [0usize; MAX];
+        for start in (0..k).step_by(MAX) {
+            let batch = &alphas[start..k.min(start + MAX)];
+            for i in 0..d {
+                let mut active = 0;
+                for (j, &alpha) in batch.iter().enumerate() {
+                    let v = alpha * xs[(start + j) * d + i];
+                    if v != 0.0 {
+                        s[active] = v;
+                        which[active] = (start + j) * d;
+                        active += 1;
+                    }
+                }
+                if active == 0 {
+                    continue;
+                }
+                let row = &mut p[row_start(i)..row_start(i) + i + 1];
+                let full = (i + 1) / LANES * LANES;
+                for c in (0..full).step_by(LANES) {
+                    let mut tile = [0.0f64; LANES];
+                    tile.copy_from_slice(&row[c..c + LANES]);
+                    for a in 0..active {
+                        let x = &xs[which[a] + c..which[a] + c + LANES];
+                        let sa = s[a];
+                        for l in 0..LANES {
+                            tile[l] += sa * x[l];
+                        }
+                    }
+                    row[c..c + LANES].copy_from_slice(&tile);
+                }
+                for (c, r) in row.iter_mut().enumerate().skip(full) {
+                    for a in 0..active {
+                        *r += s[a] * xs[which[a] + c];
+                    }
+                }
+            }
+        }
+    }
+
+    /// See [`super::cholesky_in_place`].
+    #[inline(always)]
+    pub fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
+        debug_assert_eq!(p.len(), tri_len(d));
+        for i in 0..d {
+            let ri = row_start(i);
+            // Split so that rows j < i (already factored) can be read while
+            // row i is written.
+            let (done, rest) = p.split_at_mut(ri);
+            let row_i = &mut rest[..=i];
+            for j in 0..i {
+                let rj = row_start(j);
+                let row_j = &done[rj..rj + j + 1];
+                let s = row_i[j] - dot(&row_i[..j], &row_j[..j]);
+                row_i[j] = s / row_j[j];
+            }
+            let pivot = row_i[i] - dot(&row_i[..i], &row_i[..i]);
+            if !pivot.is_finite() || pivot <= 0.0 {
+                return Err(NotPositiveDefinite { row: i, pivot });
+            }
+            row_i[i] = libm::sqrt(pivot);
+        }
+        Ok(())
+    }
+
+    /// See [`super::forward_solve`].
+    #[inline(always)]
+    pub fn forward_solve(l: &[f64], b: &mut [f64]) {
+        let d = b.len();
+        for i in 0..d {
+            let ri = row_start(i);
+            let row = &l[ri..ri + i + 1];
+            let s = b[i] - dot(&row[..i], &b[..i]);
+            b[i] = s / row[i];
+        }
+    }
+
+    /// See [`super::forward_solve_batch`].
+    #[inline(always)]
+    pub fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize) {
+        if d == 0 {
+            return;
+        }
+        for i in 0..d {
+            let ri = row_start(i);
+            let row = &l[ri..ri + i + 1];
+            for b in bs.chunks_exact_mut(d) {
+                let s = b[i] - dot(&row[..i], &b[..i]);
+                b[i] = s / row[i];
+            }
+        }
+    }
+
+    /// [`dot`] of an f32 vector with an f64 one: each f32 widened exactly,
+    /// then the same lanes and order.
+    #[inline(always)]
+    pub fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
+        debug_assert_eq!(a.len(), b.len());
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0.0f64; LANES];
+        let mut ca = a.chunks_exact(LANES);
+        let mut cb = b.chunks_exact(LANES);
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for l in 0..LANES {
+                acc[l] += f64::from(x[l]) * y[l];
+            }
+        }
+        let mut tail = 0.0;
+        for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+            tail += f64::from(*x) * y;
+        }
+        let mut width = LANES / 2;
+        while width > 0 {
+            for l in 0..width {
+                acc[l] += acc[l + width];
+            }
+            width /= 2;
+        }
+        acc[0] + tail
+    }
+
+    /// See [`super::whitened_norm_sq_f32`].
+    #[inline(always)]
+    pub fn whitened_norm_sq_f32(l: &[f32], v: &mut [f64]) -> f64 {
+        let d = v.len();
+        for i in 0..d {
+            let ri = row_start(i);
+            let row = &l[ri..ri + i + 1];
+            let s = v[i] - dot_mixed(&row[..i], &v[..i]);
+            v[i] = s / f64::from(row[i]);
+        }
+        dot(v, v)
+    }
+
+    /// See [`super::backward_solve`].
+    #[inline(always)]
+    pub fn backward_solve(l: &[f64], y: &mut [f64]) {
+        let d = y.len();
+        for i in (0..d).rev() {
+            let ri = row_start(i);
+            let row = &l[ri..ri + i + 1];
+            let xi = y[i] / row[i];
+            y[i] = xi;
+            for (v, r) in y[..i].iter_mut().zip(&row[..i]) {
+                *v += -xi * r;
+            }
+        }
+    }
+}
 
 /// Number of stored values of a packed `d x d` symmetric matrix.
 #[inline]
@@ -35,28 +335,20 @@ pub fn sym_get(p: &[f64], i: usize, j: usize) -> f64 {
     p[row_start(r) + c]
 }
 
-/// Dot product with four independent accumulators, so the compiler can keep
-/// several lanes busy: a single running sum is a serial dependency chain
-/// that it may not reorder for floats.
+/// Lanes of the dot product's accumulator: element `i` of a dot product
+/// is added to lane `i % LANES`, in order, and the lanes are summed by a
+/// fixed tree at the end. Sixteen independent sums keep four AVX2 (or
+/// eight SSE2) adders busy: one running sum is a serial chain of float
+/// additions, which the compiler may not reorder, and at one element per
+/// add latency it, not memory, bounded the novelty's triangular solve.
+/// The order is part of the result: every ISA gives the same bits.
+pub const LANES: usize = 16;
+
+/// Dot product in [`LANES`] fixed lanes (see there): the same bits on
+/// every CPU, vectorised where the CPU allows.
 #[inline]
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f64; 4];
-    let mut ca = a.chunks_exact(4);
-    let mut cb = b.chunks_exact(4);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        acc[0] += x[0] * y[0];
-        acc[1] += x[1] * y[1];
-        acc[2] += x[2] * y[2];
-        acc[3] += x[3] * y[3];
-    }
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    dispatch!(portable::dot(a, b))
 }
 
 /// `dot` of an f32 vector with an f64 one, accumulated in f64.
@@ -105,22 +397,11 @@ pub fn syr(p: &mut [f64], alpha: f64, x: &[f64]) {
 /// after another in `xs` (`k * D` values). The same additions, in the same
 /// order per element, as `k` calls of [`syr`]: bit for bit their result.
 /// What it changes is memory traffic: each row of `P` is read and written
-/// once for all `k` vectors (it stays in L1 while they pass over it), where
-/// `k` rank-one updates stream the whole matrix `k` times. At D = 1808 the
-/// matrix is 13 MiB, far past the caches, so one pass is most of the cost.
+/// once for all `k` vectors, a register tile of it at a time, where `k`
+/// rank-one updates stream the whole matrix `k` times (13 MiB at D = 1808,
+/// far past the caches) and load and store each element `k` times.
 pub fn syr_batch(p: &mut [f64], alphas: &[f64], xs: &[f64]) {
-    let d = if alphas.is_empty() { return } else { xs.len() / alphas.len() };
-    debug_assert_eq!(p.len(), tri_len(d));
-    for i in 0..d {
-        let row = &mut p[row_start(i)..row_start(i) + i + 1];
-        for (j, &alpha) in alphas.iter().enumerate() {
-            let x = &xs[j * d..(j + 1) * d];
-            let s = alpha * x[i];
-            if s != 0.0 {
-                axpy(row, s, &x[..=i]);
-            }
-        }
-    }
+    dispatch!(portable::syr_batch(p, alphas, xs))
 }
 
 /// `P += alpha * Q` for two packed matrices of the same size.
@@ -161,54 +442,19 @@ pub struct NotPositiveDefinite {
 /// `p` is left partly overwritten: callers that must stay atomic factor a
 /// copy, or can rebuild it (the head refactors from its committed scatter).
 pub fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
-    debug_assert_eq!(p.len(), tri_len(d));
-    for i in 0..d {
-        let ri = row_start(i);
-        // Split so that rows j < i (already factored) can be read while row
-        // i is written.
-        let (done, rest) = p.split_at_mut(ri);
-        let row_i = &mut rest[..=i];
-        for j in 0..i {
-            let rj = row_start(j);
-            let row_j = &done[rj..rj + j + 1];
-            let s = row_i[j] - dot(&row_i[..j], &row_j[..j]);
-            row_i[j] = s / row_j[j];
-        }
-        let pivot = row_i[i] - dot(&row_i[..i], &row_i[..i]);
-        if !pivot.is_finite() || pivot <= 0.0 {
-            return Err(NotPositiveDefinite { row: i, pivot });
-        }
-        row_i[i] = libm::sqrt(pivot);
-    }
-    Ok(())
+    dispatch!(portable::cholesky_in_place(p, d))
 }
 
 /// Solves `L y = b` in place (`b` becomes `y`) for a packed lower factor.
 pub fn forward_solve(l: &[f64], b: &mut [f64]) {
-    let d = b.len();
-    for i in 0..d {
-        let ri = row_start(i);
-        let row = &l[ri..ri + i + 1];
-        let s = b[i] - dot(&row[..i], &b[..i]);
-        b[i] = s / row[i];
-    }
+    dispatch!(portable::forward_solve(l, b))
 }
 
 /// [`forward_solve`] for `bs.len() / D` right-hand sides stored one after
 /// another, in one pass over `L` (bit for bit the single solves' results;
 /// see [`syr_batch`] for why one pass matters).
 pub fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize) {
-    if d == 0 {
-        return;
-    }
-    for i in 0..d {
-        let ri = row_start(i);
-        let row = &l[ri..ri + i + 1];
-        for b in bs.chunks_exact_mut(d) {
-            let s = b[i] - dot(&row[..i], &b[..i]);
-            b[i] = s / row[i];
-        }
-    }
+    dispatch!(portable::forward_solve_batch(l, bs, d))
 }
 
 /// `|L^-1 v|^2 = v' (L L^T)^-1 v`, a squared Mahalanobis norm; `v` is
@@ -218,17 +464,42 @@ pub fn whitened_norm_sq(l: &[f64], v: &mut [f64]) -> f64 {
     dot(v, v)
 }
 
+/// [`whitened_norm_sq`] against a factor rounded to f32 (see
+/// [`round_to_f32`]), with `v` and every sum in f64: half the bytes to
+/// stream, which is what the solve waits for once a frame's backbone has
+/// evicted the factor from the caches. Rounding `L` perturbs it by at most
+/// `eps32 |L|` element-wise, so the solve moves by a relative
+/// `O(eps32 cond(L) sqrt(D))` (a test holds it to that).
+pub fn whitened_norm_sq_f32(l: &[f32], v: &mut [f64]) -> f64 {
+    dispatch!(portable::whitened_norm_sq_f32(l, v))
+}
+
+/// `dst[i] = src[i] as f32`, round to nearest.
+pub fn round_to_f32(src: &[f64], dst: &mut [f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32);
+}
+
+/// Views f64 storage as twice as many f32 values: the head keeps its f32
+/// copy of the factor inside its one f64 arena.
+#[allow(unsafe_code)]
+pub fn as_f32(v: &[f64]) -> &[f32] {
+    // SAFETY: the pointer is 8-aligned (f32 needs 4), the bytes are
+    // initialised and every bit pattern is a valid f32; the length covers
+    // exactly the same bytes, and the borrow is carried over.
+    unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<f32>(), 2 * v.len()) }
+}
+
+/// [`as_f32`], mutably.
+#[allow(unsafe_code)]
+pub fn as_f32_mut(v: &mut [f64]) -> &mut [f32] {
+    // SAFETY: as in `as_f32`; the exclusive borrow is carried over.
+    unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), 2 * v.len()) }
+}
+
 /// Solves `L^T x = y` in place (`y` becomes `x`) for a packed lower factor.
 /// Walks the rows of `L` from the bottom, so memory access stays contiguous.
 pub fn backward_solve(l: &[f64], y: &mut [f64]) {
-    let d = y.len();
-    for i in (0..d).rev() {
-        let ri = row_start(i);
-        let row = &l[ri..ri + i + 1];
-        let xi = y[i] / row[i];
-        y[i] = xi;
-        axpy(&mut y[..i], -xi, &row[..i]);
-    }
+    dispatch!(portable::backward_solve(l, y))
 }
 
 /// Solves `(L L^T) x = b` in place.
