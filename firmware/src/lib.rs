@@ -5,7 +5,7 @@
 //! backbone, storage and camera. A device supplies a [`platform::Platform`]
 //! (the simulator's is tract, files and a dataset; a microcontroller's its
 //! NPU, flash and sensor) and feeds the server the bytes its link receives.
-//! With `mem`, [`mem`] is a platform in memory for tests and fuzzing.
+//! With the `mem` feature, `mem` is a platform in memory for tests and fuzzing.
 #![no_std]
 #![warn(missing_docs)]
 

@@ -350,7 +350,7 @@ fn record_of<S: Storage>(head: &GaussianHead<S>, slot: usize) -> ClassRecord {
     ClassRecord { label: entry.label.clone(), count: entry.count, spread: head.spread(slot) }
 }
 
-/// Exact size in bytes of the file [`write`] produces.
+/// Exact size in bytes of the file [`write()`] produces.
 pub fn encoded_len<S: Storage>(head: &GaussianHead<S>, meta: &StatsMeta) -> u64 {
     let header = header_of(head, meta);
     let d = head.dim();

@@ -8,7 +8,7 @@
 //! set of threads, and a one-thread executor (the default) runs every
 //! kernel inline, as before.
 //!
-//! The parts run on a [`team`] of threads that spin between calls rather
+//! The parts run on a team of threads (the private `team` module) that spin between calls rather
 //! than on tract's rayon pool: a frame is some eighty kernel calls a few
 //! tens of microseconds each, and waking a sleeping pool thread for each
 //! cost about 50 µs on a 2-core VM (two threads measured 0.75x of one).
@@ -49,8 +49,8 @@ pub fn threads_for(work: usize) -> usize {
 }
 
 /// Runs `f` on `parts` contiguous, near-equal ranges that cover `0..units`,
-/// on the [`team`] where the executor has more than one thread, else
-/// inline as one range. Each part runs under the caller's [`Isa`] cap (the
+/// on the team (`team`) where the executor has more than one thread, else
+/// inline as one range. Each part runs under the caller's [`Isa`](super::Isa) cap (the
 /// cap is per thread, and the team's threads have their own), so a test
 /// that limits the vector width limits every part.
 pub fn for_each_part(

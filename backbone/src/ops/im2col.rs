@@ -158,7 +158,7 @@ fn im2col_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Im2col
     Ok(Some((Im2colConv { input, pad, rows: Arc::new(rows) }, last)))
 }
 
-/// Replaces every dense convolution over at most [`MAX_ROW`] channels x
+/// Replaces every dense convolution over at most `MAX_ROW` channels x
 /// taps of a channel-first typed graph (and its SiLU) with [`Im2colConv`],
 /// followed by a move of the channels back to axis 1, which the next
 /// channel-last op's move cancels when the graph is decluttered. Run it
