@@ -127,6 +127,20 @@ pub mod portable {
     /// See [`super::dot`].
     #[inline(always)]
     pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+        dot_lanes(a, b)
+    }
+
+    /// [`dot`] of an f32 vector with an f64 one: each f32 widened exactly,
+    /// then the same lanes and order.
+    #[inline(always)]
+    pub fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
+        dot_lanes(a, b)
+    }
+
+    /// The one dot product: element `i` into lane `i % LANES` in order, the
+    /// lanes summed by a fixed tree, then the tail.
+    #[inline(always)]
+    fn dot_lanes<A: Copy + Into<f64>>(a: &[A], b: &[f64]) -> f64 {
         debug_assert_eq!(a.len(), b.len());
         let n = a.len().min(b.len());
         let (a, b) = (&a[..n], &b[..n]);
@@ -137,12 +151,12 @@ pub mod portable {
             // Index loops over fixed-size arrays: LLVM keeps `acc` in
             // registers and vectorises across the lanes.
             for l in 0..LANES {
-                acc[l] += x[l] * y[l];
+                acc[l] += x[l].into() * y[l];
             }
         }
         let mut tail = 0.0;
         for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-            tail += x * y;
+            tail += (*x).into() * y;
         }
         let mut width = LANES / 2;
         while width > 0 {
@@ -256,35 +270,6 @@ pub mod portable {
                 b[i] = s / row[i];
             }
         }
-    }
-
-    /// [`dot`] of an f32 vector with an f64 one: each f32 widened exactly,
-    /// then the same lanes and order.
-    #[inline(always)]
-    pub fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
-        debug_assert_eq!(a.len(), b.len());
-        let n = a.len().min(b.len());
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0.0f64; LANES];
-        let mut ca = a.chunks_exact(LANES);
-        let mut cb = b.chunks_exact(LANES);
-        for (x, y) in (&mut ca).zip(&mut cb) {
-            for l in 0..LANES {
-                acc[l] += f64::from(x[l]) * y[l];
-            }
-        }
-        let mut tail = 0.0;
-        for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-            tail += f64::from(*x) * y;
-        }
-        let mut width = LANES / 2;
-        while width > 0 {
-            for l in 0..width {
-                acc[l] += acc[l + width];
-            }
-            width /= 2;
-        }
-        acc[0] + tail
     }
 
     /// See [`super::whitened_norm_sq_f32`].
