@@ -191,7 +191,7 @@ impl Layout {
     /// The factor rounded to f32, two values to an f64 of the arena (see
     /// [`GaussianHead::predict`]).
     fn score(&self) -> Range<usize> {
-        let s = 2 * self.kd() + PER_CLASS * self.capacity + 2 * self.dim + 3 * tri_len(self.dim);
+        let s = self.tri(2).end;
         s..s + tri_len(self.dim).div_ceil(2)
     }
     /// The samples learned but not yet added to the staged scatter:

@@ -130,15 +130,9 @@ pub mod portable {
         dot_lanes(a, b)
     }
 
-    /// [`dot`] of an f32 vector with an f64 one: each f32 widened exactly,
-    /// then the same lanes and order.
-    #[inline(always)]
-    pub fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
-        dot_lanes(a, b)
-    }
-
-    /// The one dot product: element `i` into lane `i % LANES` in order, the
-    /// lanes summed by a fixed tree, then the tail.
+    /// The one dot product, of an f64 or f32 vector (each value widened
+    /// exactly) with an f64 one: element `i` into lane `i % LANES` in
+    /// order, the lanes summed by a fixed tree, then the tail.
     #[inline(always)]
     fn dot_lanes<A: Copy + Into<f64>>(a: &[A], b: &[f64]) -> f64 {
         debug_assert_eq!(a.len(), b.len());
@@ -247,12 +241,20 @@ pub mod portable {
     /// See [`super::forward_solve`].
     #[inline(always)]
     pub fn forward_solve(l: &[f64], b: &mut [f64]) {
+        forward_lanes(l, b)
+    }
+
+    /// The one forward substitution, for a factor in f64 or rounded to f32
+    /// (each value widened exactly): row by row, [`dot_lanes`] of the row
+    /// with the values solved so far.
+    #[inline(always)]
+    fn forward_lanes<A: Copy + Into<f64>>(l: &[A], b: &mut [f64]) {
         let d = b.len();
         for i in 0..d {
             let ri = row_start(i);
             let row = &l[ri..ri + i + 1];
-            let s = b[i] - dot(&row[..i], &b[..i]);
-            b[i] = s / row[i];
+            let s = b[i] - dot_lanes(&row[..i], &b[..i]);
+            b[i] = s / row[i].into();
         }
     }
 
@@ -275,13 +277,7 @@ pub mod portable {
     /// See [`super::whitened_norm_sq_f32`].
     #[inline(always)]
     pub fn whitened_norm_sq_f32(l: &[f32], v: &mut [f64]) -> f64 {
-        let d = v.len();
-        for i in 0..d {
-            let ri = row_start(i);
-            let row = &l[ri..ri + i + 1];
-            let s = v[i] - dot_mixed(&row[..i], &v[..i]);
-            v[i] = s / f64::from(row[i]);
-        }
+        forward_lanes(l, v);
         dot(v, v)
     }
 
@@ -294,9 +290,7 @@ pub mod portable {
             let row = &l[ri..ri + i + 1];
             let xi = y[i] / row[i];
             y[i] = xi;
-            for (v, r) in y[..i].iter_mut().zip(&row[..i]) {
-                *v += -xi * r;
-            }
+            super::axpy(&mut y[..i], -xi, &row[..i]);
         }
     }
 }
@@ -336,28 +330,9 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     dispatch!(portable::dot(a, b))
 }
 
-/// `dot` of an f32 vector with an f64 one, accumulated in f64.
-#[inline]
-pub fn dot_f32(a: &[f32], b: &[f64]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f64; 4];
-    let mut ca = a.chunks_exact(4);
-    let mut cb = b.chunks_exact(4);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        acc[0] += f64::from(x[0]) * y[0];
-        acc[1] += f64::from(x[1]) * y[1];
-        acc[2] += f64::from(x[2]) * y[2];
-        acc[3] += f64::from(x[3]) * y[3];
-    }
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += f64::from(*x) * y;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
-
-/// `y += alpha * x`.
-#[inline]
+/// `y += alpha * x`. Always inlined, so the kernels' wide builds vectorise
+/// it too.
+#[inline(always)]
 pub fn axpy(y: &mut [f64], alpha: f64, x: &[f64]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += alpha * x;
