@@ -706,7 +706,7 @@ impl<S: Storage> GaussianHead<S> {
     /// Adds the pending samples' updates to the staged scatter and their
     /// terms to the staged spread, in one pass over each matrix.
     fn flush_pending(&mut self) {
-        let (l, stage, factor, factored) = (self.layout, self.stage, self.factor, self.factored);
+        let (l, stage, factored) = (self.layout, self.stage, self.factored);
         let Some(staging) = self.staging.as_mut() else {
             return;
         };
@@ -722,7 +722,10 @@ impl<S: Storage> GaussianHead<S> {
             // Welford adds `(n - 1) / n * d d^T` to the scatter, so its
             // whitened trace grows by `(n - 1) / n * |L^-1 d|^2`: exact,
             // and free of the cancellation a sum of `|L^-1 x|^2` would have.
-            linalg::forward_solve_batch(tri[factor], deltas, l.dim);
+            // The solve reads the f32 copy of the factor, as the novelty
+            // score does: half the bytes of the f64 one, for a figure that
+            // only ever enters a score divided by `n (n - 1)`.
+            linalg::forward_solve_batch_f32(&parts.score[..tri_len(l.dim)], deltas, l.dim);
             let first = staging.count - k as u64;
             for (j, y) in deltas.chunks_exact(l.dim).enumerate() {
                 let n = (first + j as u64 + 1) as f64;

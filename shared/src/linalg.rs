@@ -113,6 +113,7 @@ mod wide {
         fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite>;
         fn forward_solve(l: &[f64], b: &mut [f64]);
         fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize);
+        fn forward_solve_batch_f32(l: &[f32], bs: &mut [f64], d: usize);
         fn backward_solve(l: &[f64], y: &mut [f64]);
         fn whitened_norm_sq_f32(l: &[f32], v: &mut [f64]) -> f64;
     }
@@ -261,6 +262,20 @@ pub mod portable {
     /// See [`super::forward_solve_batch`].
     #[inline(always)]
     pub fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize) {
+        forward_batch_lanes(l, bs, d)
+    }
+
+    /// See [`super::forward_solve_batch_f32`].
+    #[inline(always)]
+    pub fn forward_solve_batch_f32(l: &[f32], bs: &mut [f64], d: usize) {
+        forward_batch_lanes(l, bs, d)
+    }
+
+    /// The one batched forward substitution, for a factor in f64 or rounded
+    /// to f32: each row of `L` read once for every right-hand side, each
+    /// right-hand side's values as [`forward_lanes`] computes them.
+    #[inline(always)]
+    fn forward_batch_lanes<A: Copy + Into<f64>>(l: &[A], bs: &mut [f64], d: usize) {
         if d == 0 {
             return;
         }
@@ -268,8 +283,8 @@ pub mod portable {
             let ri = row_start(i);
             let row = &l[ri..ri + i + 1];
             for b in bs.chunks_exact_mut(d) {
-                let s = b[i] - dot(&row[..i], &b[..i]);
-                b[i] = s / row[i];
+                let s = b[i] - dot_lanes(&row[..i], &b[..i]);
+                b[i] = s / row[i].into();
             }
         }
     }
@@ -415,6 +430,16 @@ pub fn forward_solve(l: &[f64], b: &mut [f64]) {
 /// see [`syr_batch`] for why one pass matters).
 pub fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize) {
     dispatch!(portable::forward_solve_batch(l, bs, d))
+}
+
+/// [`forward_solve_batch`] against a factor rounded to f32 (see
+/// [`round_to_f32`]), every sum in f64: half the bytes to stream. The head
+/// learns a class's whitened spread through it, a figure that only shifts
+/// each class's distances by `spread / (n (n - 1))`, so the solve's relative
+/// `O(eps32 cond(L) sqrt(D))` error (see [`whitened_norm_sq_f32`]) reaches
+/// a score scaled down by that much again.
+pub fn forward_solve_batch_f32(l: &[f32], bs: &mut [f64], d: usize) {
+    dispatch!(portable::forward_solve_batch_f32(l, bs, d))
 }
 
 /// `|L^-1 v|^2 = v' (L L^T)^-1 v`, a squared Mahalanobis norm; `v` is

@@ -82,6 +82,13 @@ fn dispatched_kernels_equal_the_portable_ones_bit_for_bit() {
         let n1 = linalg::whitened_norm_sq_f32(&l32, &mut v1);
         let n2 = portable::whitened_norm_sq_f32(&l32, &mut v2);
         assert_eq!((n1.to_bits(), bits(&v1)), (n2.to_bits(), bits(&v2)), "whitened_norm_sq_f32 d={d}");
+        // The learn path's batch against the same f32 factor: each
+        // right-hand side as the single solve gives it, on every build.
+        let (mut b1, mut b2) = (rhs.clone(), rhs.clone());
+        linalg::forward_solve_batch_f32(&l32, &mut b1, d);
+        portable::forward_solve_batch_f32(&l32, &mut b2, d);
+        assert_eq!(bits(&b1), bits(&b2), "forward_solve_batch_f32 d={d}");
+        assert_eq!(bits(&b1[..d]), bits(&v1), "forward_solve_batch_f32 against the single solve, d={d}");
     }
 }
 
