@@ -30,6 +30,21 @@ pub struct Sample {
     pub pixels: Vec<u8>,
 }
 
+impl Sample {
+    /// The image mirrored left to right: the second view of a test-time
+    /// flip average (`gaussedge eval --tta flip`).
+    pub fn mirrored(&self) -> Sample {
+        let (w, c) = (usize::from(self.format.width), usize::from(self.format.channels));
+        let mut pixels = Vec::with_capacity(self.pixels.len());
+        for row in self.pixels.chunks_exact((w * c).max(1)) {
+            for px in row.chunks_exact(c.max(1)).rev() {
+                pixels.extend_from_slice(px);
+            }
+        }
+        Sample { label: self.label, format: self.format, pixels }
+    }
+}
+
 /// A labelled set of images with class names indexed by label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
@@ -45,6 +60,15 @@ impl Dataset {
 
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
+    }
+
+    /// Every image mirrored left to right, labels and order kept.
+    pub fn mirrored(&self) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            class_names: self.class_names.clone(),
+            samples: self.samples.iter().map(Sample::mirrored).collect(),
+        }
     }
 
     /// Keeps the samples whose label is in `classes`; labels stay as they are.
@@ -177,5 +201,24 @@ mod tests {
         assert!(parse_classes("a").is_err());
         assert!(parse_classes("").is_err());
         assert!(parse_classes("1,1").is_err());
+    }
+
+    #[test]
+    fn mirroring_reverses_each_row_keeps_each_pixel_and_undoes_itself() {
+        // 3 wide, 2 high, RGB: pixel (x, y) = [10y + x, 100 + 10y + x, 200 + 10y + x].
+        let pixels: Vec<u8> = (0..2u8)
+            .flat_map(|y| (0..3u8).flat_map(move |x| [10 * y + x, 100 + 10 * y + x, 200 + 10 * y + x]))
+            .collect();
+        let s = Sample { label: 7, format: FrameFormat { width: 3, height: 2, channels: 3 }, pixels };
+        let m = s.mirrored();
+        assert_eq!(m.label, 7);
+        assert_eq!(m.format, s.format);
+        assert_eq!(&m.pixels[..3], &[2, 102, 202]);
+        assert_eq!(&m.pixels[9..12], &[12, 112, 212]);
+        assert_eq!(&m.pixels[15..], &[10, 110, 210]);
+        assert_eq!(m.mirrored(), s);
+        let gray =
+            Sample { label: 0, format: FrameFormat { width: 4, height: 1, channels: 1 }, pixels: vec![1, 2, 3, 4] };
+        assert_eq!(gray.mirrored().pixels, vec![4, 3, 2, 1]);
     }
 }

@@ -112,6 +112,17 @@ pub struct TrainedReport {
     pub manifest: Manifest,
 }
 
+/// How a trained network becomes a bundle: what the manifest records of
+/// the run, and the test-time views its graph averages.
+#[derive(Debug, Clone, Copy)]
+pub struct Export<'a> {
+    /// The run's checkpoint folder (recorded portably).
+    pub checkpoint: &'a Path,
+    /// The run's cap on training images per class, fitted with the same.
+    pub limit_per_class: Option<usize>,
+    pub tta: crate::views::Tta,
+}
+
 /// The pipeline after `gaussedge train`: the FC head scored on the test
 /// split (the seed's first table), the ONNX exported with every block's
 /// pooled output, the bundle built and written with its `metrics.json` and
@@ -123,9 +134,9 @@ pub fn from_trained(
     kind: DatasetKind,
     dir: &Path,
     base: &[u16],
-    limit_per_class: Option<usize>,
-    checkpoint: &Path,
+    export: &Export,
 ) -> Result<TrainedReport> {
+    let Export { checkpoint, limit_per_class, tta } = *export;
     use crate::onnx::{self, ExportOptions};
     use crate::train as tr;
     let recipe = &trained.state.recipe;
@@ -148,11 +159,17 @@ pub fn from_trained(
             block_features: (0..trained.arch.blocks.len()).collect(),
         },
     )?;
+    // The test-time views average every feature output the export has
+    // (the blocks' and the last layer's, for `eval --layers`); the
+    // classifier's logits, which no head reads, leave the graph.
+    let layers = fit::block_layers(trained.arch.blocks.len());
+    let averaged: Vec<String> = layers.iter().cloned().chain([gaussedge_bundle::DEFAULT_LAYER.to_string()]).collect();
+    let onnx = crate::views::with_views(onnx, &averaged, &pre, tta)?;
     let train = data::load(kind, dir, Split::Train)?;
     let built = build(Spec {
         onnx: &onnx,
         preprocess: pre,
-        layers: fit::block_layers(trained.arch.blocks.len()),
+        layers,
         kind,
         train: &train,
         base,
@@ -178,6 +195,7 @@ pub fn from_trained(
         "recipe": recipe,
         "limit_per_class": limit_per_class,
         "checkpoint": crate::util::portable_path(checkpoint),
+        "tta": tta,
         "metrics": metrics,
         "command": crate::util::portable_command(),
     });
@@ -253,7 +271,7 @@ pub fn write_trained_card(dir: &Path, m: &Manifest) -> Result<()> {
         "# {name}\n\nEfficientNet-b0 feature extractor trained by gaussedge on {dataset} classes {classes:?} \
          ({labels}), with the base classes' Gaussian-head statistics.\n\n\
          * command: `{command}`\n* input: {w}x{h}, {c} channels, mean {mean:?}, std {std:?}\n\
-         * feature dim: {d}, the concatenation of the backbone outputs {layers}\n\
+         * feature dim: {d}, the concatenation of the backbone outputs {layers}\n{views}\
          * backbone.onnx SHA-256: `{sha}`\n* head: {head:?}\n\n## Recipe\n\n```json\n{recipe}\n```\n\n## Metrics\n\n\
          * FC head, 10-class test accuracy: {fc}\n* FC head, base-class test accuracy: {fcb}\n\
          * Gaussian head before any new class, 10-class test accuracy: {g}\n\n\
@@ -271,6 +289,7 @@ pub fn write_trained_card(dir: &Path, m: &Manifest) -> Result<()> {
         std = m.preprocess.std,
         d = m.feature_dim,
         layers = m.layers.join(", "),
+        views = views_line(m),
         sha = m.backbone_sha256,
         head = m.head,
         recipe = serde_json::to_string_pretty(&m.extra["recipe"])?,
@@ -286,13 +305,24 @@ pub fn write_trained_card(dir: &Path, m: &Manifest) -> Result<()> {
     write_atomic(&dir.join("MODEL_CARD.md"), card.as_bytes())
 }
 
+/// The card's line on test-time views, empty for a graph that runs the
+/// frame alone.
+fn views_line(m: &Manifest) -> String {
+    match m.extra["tta"].as_str() {
+        Some("flip") => "* test-time views: each frame and its mirror image, one batch of two through the \
+                         network, features averaged (in the graph: `--tta flip`)\n"
+            .into(),
+        _ => String::new(),
+    }
+}
+
 /// The model card of a bundle around a backbone gaussedge did not train.
 pub fn write_foreign_card(dir: &Path, m: &Manifest, source: &str) -> Result<()> {
     let p = &m.preprocess;
     let mut card = format!(
         "# {name}\n\nA gaussedge bundle around a feature extractor that gaussedge did not train: {source}.\n\n\
          * command: `{command}`\n* input: {w}x{h}, {ch} channels, mean {mean:?}, std {std:?}\n\
-         * feature dim: {d}, the concatenation of the outputs {layers}\n* backbone.onnx SHA-256: `{sha}`\n\
+         * feature dim: {d}, the concatenation of the outputs {layers}\n{views}* backbone.onnx SHA-256: `{sha}`\n\
          * base classes: {classes:?} of {dataset}, statistics fitted through tract\n* head: {head:?}\n",
         name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         command = m.extra["command"].as_str().unwrap_or(""),
@@ -303,6 +333,7 @@ pub fn write_foreign_card(dir: &Path, m: &Manifest, source: &str) -> Result<()> 
         std = p.std,
         d = m.feature_dim,
         layers = m.layers.join(", "),
+        views = views_line(m),
         sha = m.backbone_sha256,
         classes = m.base_classes,
         dataset = m.dataset,

@@ -4,6 +4,7 @@ use crate::build;
 use crate::data::{self, parse_classes, DatasetKind, Split};
 use crate::fit;
 use crate::util::write_atomic;
+use crate::views::Tta;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gaussedge_bundle::{self as bundle, HeadDefaults, Manifest};
@@ -212,6 +213,12 @@ struct EvalArgs {
     /// Evaluate through a device instead of in process.
     #[arg(long)]
     via: Option<String>,
+    /// Test-time views, measured without rebuilding the bundle: `flip`
+    /// averages every image's features (training and test) with its mirror
+    /// image's. Not through a device: a device runs what the bundle's graph
+    /// says (`train`/`bundle --tta flip` put the average into the graph).
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    tta: Tta,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write the report as JSON.
@@ -337,6 +344,13 @@ struct TrainArgs {
     /// Force the CPU even when CUDA is present.
     #[arg(long)]
     cpu: bool,
+    /// Test-time views the bundle's graph averages: `flip` runs each frame
+    /// with its mirror image as a batch of two and averages the features
+    /// (more accurate, ~1.7x the backbone's time per frame). Only the
+    /// bundle changes, not training: a finished run re-exports with
+    /// `--resume`.
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    tta: Tta,
     /// Bundle folder to write.
     #[arg(long)]
     out: PathBuf,
@@ -424,6 +438,9 @@ struct BundleArgs {
     held_out: f64,
     #[arg(long, default_value_t = 64)]
     capacity: usize,
+    /// Test-time views the bundle's graph averages (see `train --tta`).
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    tta: Tta,
 }
 
 #[derive(Args)]
@@ -779,8 +796,8 @@ fn train(a: TrainArgs) -> Result<()> {
         init_from: a.init_from.clone(),
     };
     let trained = tr::train(&job)?;
-    let report =
-        build::from_trained(&a.out, &trained, a.data.dataset, &dir, &classes, a.limit_per_class, &checkpoint_dir)?;
+    let export = build::Export { checkpoint: &checkpoint_dir, limit_per_class: a.limit_per_class, tta: a.tta };
+    let report = build::from_trained(&a.out, &trained, a.data.dataset, &dir, &classes, &export)?;
     let fc = &report.fc;
     println!(
         "FC head, {}-class test accuracy {:.4} (base classes {:.4})",
@@ -854,6 +871,8 @@ fn bundle_cmd(a: BundleArgs) -> Result<()> {
     let pre = gaussedge_shared::stats::Preprocess { width, height, channels: a.channels, mean, std };
     pre.check().map_err(anyhow::Error::msg)?;
     let source = a.source.clone().unwrap_or_else(|| format!("an ONNX file, {}", a.onnx.display()));
+    let onnx = crate::views::with_views(onnx, &a.outputs, &pre, a.tta)
+        .with_context(|| format!("averaging test-time views in {}", a.onnx.display()))?;
     let built = build::build(build::Spec {
         onnx: &onnx,
         preprocess: pre,
@@ -869,6 +888,7 @@ fn bundle_cmd(a: BundleArgs) -> Result<()> {
         extra: serde_json::json!({
             "source": source,
             "onnx": crate::util::portable_path(&a.onnx),
+            "tta": a.tta,
             "command": crate::util::portable_command(),
         }),
         progress: true,
@@ -1181,11 +1201,15 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dir = a.data.dir()?;
     let base = parse_classes(&a.base).map_err(anyhow::Error::msg)?;
     let add = parse_classes(&a.add).map_err(anyhow::Error::msg)?;
-    let setup = Setup::load(&a.bundle, a.head.layers(), a.data.dataset, &dir, true)?;
+    let setup = Setup::load(&a.bundle, a.head.layers(), a.tta == Tta::Flip, a.data.dataset, &dir, true)?;
     let head = a.head.apply(setup.bundle.manifest.head);
     anyhow::ensure!(
         a.via.is_none() || setup.extractor.layers == setup.bundle.manifest.layers,
         "--layers cannot change through a device: it runs the bundle's own layers"
+    );
+    anyhow::ensure!(
+        a.via.is_none() || a.tta == Tta::None,
+        "--tta cannot run through a device: it runs one view per frame"
     );
     let protocol = |seed| eval::Protocol { head: &head, base: &base, add: &add, shots: a.shots, seed, progress: true };
     let (stages, novelty, device) = match &a.via {
@@ -1266,6 +1290,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         "draws": finals.len(),
         "head": head,
         "layers": setup.extractor.layers,
+        "tta": a.tta,
         "via_device": device,
         "stages": last,
         "final_accuracy": final_accuracy,

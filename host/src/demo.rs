@@ -269,7 +269,7 @@ pub fn run(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: u32, j
             bundle.display()
         );
     }
-    let setup = Setup::load(&bundle, None, kind, dir, true)?;
+    let setup = Setup::load(&bundle, None, false, kind, dir, true)?;
     let base: Vec<u16> = setup.bundle.manifest.base_classes.clone();
     let add: Vec<u16> = (0..setup.labels.0.len() as u16).filter(|c| !base.contains(c)).collect();
     let head = setup.bundle.manifest.head;
@@ -355,7 +355,7 @@ pub fn run_fleet(kind: DatasetKind, dir: &Path, bundle: Option<PathBuf>, shots: 
         .map(PathBuf::from)
         .find(|p| p.exists())
         .context("demo --fleet needs an MQTT broker: apt-get install mosquitto (scripts/setup.sh does)")?;
-    let setup = Setup::load(&bundle, None, kind, dir, true)?;
+    let setup = Setup::load(&bundle, None, false, kind, dir, true)?;
     let base: Vec<u16> = setup.bundle.manifest.base_classes.clone();
     let root = std::env::temp_dir().join(format!("gaussedge-fleet-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

@@ -188,15 +188,18 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// `layers` overrides the manifest's feature layers.
+    /// `layers` overrides the manifest's feature layers; `flip_average`
+    /// scores every image by the mean of its and its mirror's features.
     pub fn load(
         bundle: &Path,
         layers: Option<&[String]>,
+        flip_average: bool,
         kind: DatasetKind,
         dir: &Path,
         progress: bool,
     ) -> Result<Self> {
-        let (bundle, extractor) = fit::extractor_with(bundle, layers, 32)?;
+        let (bundle, mut extractor) = fit::extractor_with(bundle, layers, 32)?;
+        extractor.flip_average = flip_average;
         let train = data::load(kind, dir, Split::Train)?;
         let test = data::load(kind, dir, Split::Test)?;
         let test_features = extractor.extract_cached(&test, kind, Split::Test, progress)?;
@@ -235,7 +238,7 @@ impl Setup {
         progress: bool,
     ) -> Result<(GaussianHead<OwnedStorage>, f64)> {
         let d = self.extractor.dim();
-        let same_features = self.extractor.layers == self.bundle.manifest.layers;
+        let same_features = self.extractor.layers == self.bundle.manifest.layers && !self.extractor.flip_average;
         if let (Some(bytes), true) = (&self.bundle.stats, same_features) {
             let expect = stats::Expect { backbone_sha256: Some(self.extractor.sha256) };
             let (mut h, header) = GaussianHead::from_stats(bytes, capacity, &expect)?;

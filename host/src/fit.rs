@@ -19,6 +19,11 @@ pub struct Extractor {
     pub pre: Preprocess,
     pub sha256: [u8; 32],
     pub layers: Vec<String>,
+    /// Average each image's features with its mirror image's (test-time
+    /// flip averaging, `gaussedge eval --tta flip`): twice the backbone
+    /// cost per frame, measured as a lever of issue 13, not a bundle
+    /// setting, so the device never runs it.
+    pub flip_average: bool,
 }
 
 impl Extractor {
@@ -36,7 +41,7 @@ impl Extractor {
             }
             other => other?,
         };
-        Ok(Extractor { backbone, pre, sha256: sha256(onnx), layers: layers.to_vec() })
+        Ok(Extractor { backbone, pre, sha256: sha256(onnx), layers: layers.to_vec(), flip_average: false })
     }
 
     pub fn dim(&self) -> usize {
@@ -66,6 +71,16 @@ impl Extractor {
     /// layout and size once shared an entry, and a host scored one folder
     /// with the other's features.
     pub fn extract_cached(&self, ds: &Dataset, kind: DatasetKind, split: Split, progress: bool) -> Result<Vec<f32>> {
+        let mut f = self.extract_cached_view(ds, kind, split, progress)?;
+        if self.flip_average {
+            // The mirrored split has its own digest, so its own cache entry.
+            let m = self.extract_cached_view(&ds.mirrored(), kind, split, progress)?;
+            f.iter_mut().zip(&m).for_each(|(a, b)| *a = 0.5 * (*a + b));
+        }
+        Ok(f)
+    }
+
+    fn extract_cached_view(&self, ds: &Dataset, kind: DatasetKind, split: Split, progress: bool) -> Result<Vec<f32>> {
         let d = self.dim();
         let layers = if self.layers == gaussedge_bundle::default_layers() {
             String::new()

@@ -26,3 +26,4 @@ pub mod split;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod util;
+pub mod views;

@@ -413,8 +413,25 @@ fn any_onnx_feature_extractor_becomes_a_bundle_a_device_runs() {
         assert!(card.contains("gaussedge did not train") && card.contains("Unknown"), "{card}");
     }
 
-    // The device boots such a bundle, learns on it and answers.
-    let bundle = work.path().join("two_outputs");
+    // With test-time views the graph averages each frame with its mirror
+    // image: another backbone (the statistics bind to it), the same size.
+    let flip = work.path().join("two_outputs_flip");
+    let mut args = bundle_args("two_outputs", "early,late", "3", &flip);
+    args.extend(["--tta".to_string(), "flip".to_string()]);
+    let printed = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(printed.contains("20 features"), "{printed}");
+    let (plain, flipped) = (
+        gaussedge_bundle::Manifest::read(&work.path().join("two_outputs")).unwrap(),
+        gaussedge_bundle::Manifest::read(&flip).unwrap(),
+    );
+    assert_ne!(plain.backbone_sha256, flipped.backbone_sha256);
+    assert_eq!(flipped.extra["tta"].as_str(), Some("flip"));
+    let card = std::fs::read_to_string(flip.join("MODEL_CARD.md")).unwrap();
+    assert!(card.contains("its mirror image"), "{card}");
+
+    // The device boots such a bundle (the one that averages two views),
+    // learns on it and answers.
+    let bundle = flip;
     let state = work.path().join("state");
     let camera = format!("cifar10:{data}");
     let sim = gaussedge_host::demo::Simulator::start(
