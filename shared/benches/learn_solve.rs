@@ -38,18 +38,8 @@ fn main() {
     for _ in 0..rounds {
         let (mut t64, mut t32) = (vec![], vec![]);
         for _ in 0..calls {
-            let mut b = rhs.clone();
-            flush(&mut evict);
-            let t = Instant::now();
-            linalg::forward_solve_batch(black_box(&a), &mut b, DIM);
-            t64.push(t.elapsed().as_secs_f64() / PENDING as f64);
-            black_box(&b);
-            let mut b = rhs.clone();
-            flush(&mut evict);
-            let t = Instant::now();
-            linalg::forward_solve_batch_f32(black_box(&l32), &mut b, DIM);
-            t32.push(t.elapsed().as_secs_f64() / PENDING as f64);
-            black_box(&b);
+            t64.push(per_sample(&mut evict, &rhs, |b| linalg::forward_solve_batch(black_box(&a), b, DIM)));
+            t32.push(per_sample(&mut evict, &rhs, |b| linalg::forward_solve_batch_f32(black_box(&l32), b, DIM)));
         }
         let (m64, m32) = (median(&mut t64), median(&mut t32));
         f64s.push(m64);
@@ -64,6 +54,18 @@ fn main() {
         1e6 * median(&mut f64s),
         1e6 * median(&mut f32s)
     );
+}
+
+/// Seconds per right-hand side of one batched solve `solve` on a copy of
+/// `rhs`, the caches flushed first.
+fn per_sample(evict: &mut [u8], rhs: &[f64], solve: impl Fn(&mut [f64])) -> f64 {
+    let mut b = rhs.to_vec();
+    flush(evict);
+    let t = Instant::now();
+    solve(&mut b);
+    let s = t.elapsed().as_secs_f64() / PENDING as f64;
+    black_box(&b);
+    s
 }
 
 /// Writes one byte of every cache line of `evict`: what a frame through
