@@ -261,14 +261,39 @@ mod tests {
         gaussedge_shared::stats::Preprocess { width: w, height: h, channels: 3, mean: [0.5; 3], std: [0.25; 3] }
     }
 
+    /// The same graph declared at another default-domain opset.
+    fn at_opset(onnx: &[u8], version: i64) -> Vec<u8> {
+        let mut m = pb::ModelProto::decode(onnx).unwrap();
+        m.opset_import.iter_mut().filter(|o| o.domain.is_empty()).for_each(|o| o.version = version);
+        m.encode_to_vec()
+    }
+
     #[test]
     fn the_wrapped_graph_gives_the_mean_of_a_frame_and_its_mirror() {
         let (onnx, layers) = tiny_onnx();
-        let wrapped = with_views(onnx.clone(), &layers, &pre(), Tta::Flip).unwrap();
-        assert_eq!(with_views(onnx.clone(), &layers, &pre(), Tta::None).unwrap(), onnx, "no views, same bytes");
+        mean_of_views(&onnx, &layers);
+    }
 
-        let plain = Backbone::load(&onnx, 2, 3, SIZE, SIZE, &layers).unwrap();
-        let averaged = Backbone::load(&wrapped, 1, 3, SIZE, SIZE, &layers).unwrap();
+    /// Opset 18 moved ReduceMean's axes from an attribute to an input: a
+    /// graph exported at 18 or later gets the input form.
+    #[test]
+    fn the_wrapped_graph_averages_at_opset_18_too() {
+        let (onnx, layers) = tiny_onnx();
+        let onnx = at_opset(&onnx, 18);
+        let dims = vec![(layers[0].clone(), 8)];
+        let wrapped = pb::ModelProto::decode(&flip_average(&onnx, &dims, SIZE).unwrap()[..]).unwrap();
+        let mean = wrapped.graph.unwrap().node.into_iter().find(|n| n.op_type == "ReduceMean").unwrap();
+        assert_eq!((mean.input.len(), mean.attribute.iter().any(|a| a.name == "axes")), (2, false));
+        mean_of_views(&onnx, &layers);
+    }
+
+    fn mean_of_views(onnx: &[u8], layers: &[String]) {
+        let onnx = onnx.to_vec();
+        let wrapped = with_views(onnx.clone(), layers, &pre(), Tta::Flip).unwrap();
+        assert_eq!(with_views(onnx.clone(), layers, &pre(), Tta::None).unwrap(), onnx, "no views, same bytes");
+
+        let plain = Backbone::load(&onnx, 2, 3, SIZE, SIZE, layers).unwrap();
+        let averaged = Backbone::load(&wrapped, 1, 3, SIZE, SIZE, layers).unwrap();
         assert_eq!(plain.layer_dims(), averaged.layer_dims());
         let d = plain.dim();
         let mut rng = Rng::new(9);
@@ -288,7 +313,7 @@ mod tests {
             assert!(err <= 1e-5 * scale, "mirror moved the features by {err}");
         }
         // Batches average per image.
-        let batched = Backbone::load(&wrapped, 3, 3, SIZE, SIZE, &layers).unwrap();
+        let batched = Backbone::load(&wrapped, 3, 3, SIZE, SIZE, layers).unwrap();
         let xs: Vec<f32> = (0..3 * 3 * SIZE * SIZE).map(|_| rng.normal() as f32).collect();
         let all = batched.features(&xs).unwrap();
         let per = 3 * SIZE * SIZE;
