@@ -1201,6 +1201,13 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dir = a.data.dir()?;
     let base = parse_classes(&a.base).map_err(anyhow::Error::msg)?;
     let add = parse_classes(&a.add).map_err(anyhow::Error::msg)?;
+    // Checked before the features are extracted: averaging the views of a
+    // graph that already averages them only doubles the work.
+    anyhow::ensure!(
+        a.tta == Tta::None || Manifest::read(&a.bundle)?.extra["tta"].as_str() != Some("flip"),
+        "{}'s graph already averages each frame with its mirror image: --tta flip would change nothing",
+        a.bundle.display()
+    );
     let setup = Setup::load(&a.bundle, a.head.layers(), a.tta == Tta::Flip, a.data.dataset, &dir, true)?;
     let head = a.head.apply(setup.bundle.manifest.head);
     anyhow::ensure!(

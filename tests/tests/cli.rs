@@ -428,6 +428,18 @@ fn any_onnx_feature_extractor_becomes_a_bundle_a_device_runs() {
     assert_eq!(flipped.extra["tta"].as_str(), Some("flip"));
     let card = std::fs::read_to_string(flip.join("MODEL_CARD.md")).unwrap();
     assert!(card.contains("its mirror image"), "{card}");
+    let (success, _, err) = gaussedge(&[
+        "eval",
+        "--bundle",
+        flip.to_str().unwrap(),
+        "--dataset",
+        "cifar10",
+        "--data",
+        data,
+        "--tta",
+        "flip",
+    ]);
+    assert!(!success && err.contains("already averages"), "{err}");
 
     // The device boots such a bundle (the one that averages two views),
     // learns on it and answers.
