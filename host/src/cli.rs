@@ -346,7 +346,7 @@ struct TrainArgs {
     cpu: bool,
     /// Test-time views the bundle's graph averages: `flip` runs each frame
     /// with its mirror image as a batch of two and averages the features
-    /// (more accurate, ~1.7x the backbone's time per frame). Only the
+    /// (more accurate, about twice the backbone's time per frame). Only the
     /// bundle changes, not training: a finished run re-exports with
     /// `--resume`.
     #[arg(long, value_enum, default_value_t = Tta::None)]

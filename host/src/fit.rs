@@ -19,10 +19,10 @@ pub struct Extractor {
     pub pre: Preprocess,
     pub sha256: [u8; 32],
     pub layers: Vec<String>,
-    /// Average each image's features with its mirror image's (test-time
-    /// flip averaging, `gaussedge eval --tta flip`): twice the backbone
-    /// cost per frame, measured as a lever of issue 13, not a bundle
-    /// setting, so the device never runs it.
+    /// Average each image's features with its mirror image's here, on the
+    /// host (`gaussedge eval --tta flip`), to measure the lever on a bundle
+    /// whose graph does not: a bundle that ships it averages in its graph
+    /// (`views`), which is what a device runs.
     pub flip_average: bool,
 }
 
