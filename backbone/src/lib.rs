@@ -297,14 +297,20 @@ impl Backbone {
     }
 
     /// Threads one frame's kernels may use, process-wide (1, the default,
-    /// runs every kernel on the calling thread): tract's matrix products
-    /// and the project's own convolutions (`kernels::parts`) share the one
-    /// pool. A device with spare cores can trade them for latency; the
-    /// features are the same bits at every count, and the head does not
-    /// use them.
+    /// runs every kernel on the calling thread): the project's own
+    /// convolutions split over them (`kernels::parts`); tract's other
+    /// operators stay on the calling thread. A device with spare cores can
+    /// trade them for latency; the features are the same bits at every
+    /// count, and the head does not use them.
     pub fn set_threads(threads: usize) {
-        use tract_linalg::multithread::{set_default_executor, Executor};
-        set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
+        kernels::parts::set_threads(threads);
+    }
+
+    /// Runs `f` with this thread's frames split over `threads`, whatever
+    /// [`set_threads`](Self::set_threads) set: for comparing thread counts
+    /// in one process.
+    pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+        kernels::parts::with_threads(threads, f)
     }
 
     /// Feature dimension: the sum of the layers' widths.

@@ -5,7 +5,6 @@
 use gaussedge_backbone::Backbone;
 use gaussedge_bundle::Bundle;
 use std::path::PathBuf;
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 #[test]
 fn the_committed_b0_gives_the_same_bits_on_one_two_and_three_threads() {
@@ -26,7 +25,7 @@ fn the_committed_b0_gives_the_same_bits_on_one_two_and_three_threads() {
         let one = backbone.features(&x).unwrap();
         assert!(one.iter().any(|v| *v != 0.0));
         for threads in [2, 3] {
-            let many = multithread_tract_scope(Executor::multithread(threads), || backbone.features(&x).unwrap());
+            let many = Backbone::with_threads(threads, || backbone.features(&x).unwrap());
             let differ = one.iter().zip(&many).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             assert_eq!(differ, 0, "batch {batch}, {threads} threads: {differ} of {} features differ", one.len());
         }

@@ -1,15 +1,15 @@
-//! Splitting one kernel call across the threads of tract's executor.
+//! Splitting one kernel call across threads.
 //!
-//! tract's own thread pool (`Backbone::set_threads`, the device's
-//! `--threads`) only splits its matrix products, and on EfficientNet-b0 at
-//! 64x64 those are too small to gain. The project's kernels (the 1x1
-//! convolutions, the depthwise convolutions) do most of a frame's work, so
-//! they split theirs here, on the same pool: one `--threads` setting, one
-//! set of threads, and a one-thread executor (the default) runs every
-//! kernel inline, as before.
+//! The project's kernels (the 1x1 convolutions, the depthwise convolutions)
+//! do most of a frame's work, so `--threads N` (`Backbone::set_threads`)
+//! splits theirs here; a count of one (the default) runs every kernel
+//! inline. tract's own thread pool is not linked: on EfficientNet-b0 at
+//! 64x64 its matrix products were too small to gain from it, and its rayon
+//! pool was 2.5 MB of a 16.8 MB firmware. tract's remaining operators run
+//! on the calling thread.
 //!
 //! The parts run on a team of threads (the private `team` module) that spin between calls rather
-//! than on tract's rayon pool: a frame is some eighty kernel calls a few
+//! than on a sleeping pool: a frame is some eighty kernel calls a few
 //! tens of microseconds each, and waking a sleeping pool thread for each
 //! cost about 50 µs on a 2-core VM (two threads measured 0.75x of one).
 //!
@@ -18,9 +18,10 @@
 //! runs it, so the results are bit-identical at every thread count (a test
 //! holds the backbone's features to that).
 
+use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::TractResult;
 
 mod team;
@@ -30,12 +31,36 @@ mod team;
 /// multiply-adds take.
 pub const MIN_WORK: usize = 1 << 17;
 
+/// The process-wide thread count ([`set_threads`]).
+static THREADS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// This thread's count inside [`with_threads`], over the process's.
+    static SCOPED: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Sets the threads every kernel call may split over, process-wide (0 is
+/// taken as 1).
+pub fn set_threads(threads: usize) {
+    THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// Runs `f` with this thread's kernel calls split over `threads`, whatever
+/// the process-wide count: how tests compare thread counts side by side.
+pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPED.with(|s| s.replace(Some(threads.max(1)))));
+    f()
+}
+
 /// The threads a kernel call may split over now.
 pub fn threads() -> usize {
-    match current_tract_executor() {
-        Executor::MultiThread(pool) => pool.current_num_threads(),
-        _ => 1,
-    }
+    SCOPED.with(Cell::get).unwrap_or_else(|| THREADS.load(Ordering::Relaxed))
 }
 
 /// The threads a kernel call of `work` multiply-adds should split over:
@@ -151,15 +176,13 @@ pub fn injective(extents: [usize; 3], strides: [usize; 3]) -> bool {
 mod tests {
     use super::*;
     use crate::kernels::Isa;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tract_linalg::multithread::multithread_tract_scope;
 
     #[test]
     fn parts_cover_every_unit_once_on_a_pool_and_inline() {
         for (units, parts) in [(0, 2), (1, 4), (7, 2), (10, 3), (170, 4), (5, 8)] {
-            for executor in [Executor::SingleThread, Executor::multithread(2)] {
+            for threads in [1, 2] {
                 let seen: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
-                multithread_tract_scope(executor, || {
+                with_threads(threads, || {
                     for_each_part(units, parts, |r| {
                         for u in r {
                             seen[u].fetch_add(1, Ordering::Relaxed);
@@ -176,9 +199,9 @@ mod tests {
     #[test]
     fn row_chunks_are_the_rows_their_units_name() {
         for (rows, parts) in [(0, 2), (1, 3), (9, 2), (64, 4), (3, 8)] {
-            for executor in [Executor::SingleThread, Executor::multithread(2)] {
+            for threads in [1, 2] {
                 let mut out = vec![0f32; rows * 5];
-                multithread_tract_scope(executor, || {
+                with_threads(threads, || {
                     for_each_rows(&mut out, 5, parts, |units, chunk| {
                         assert_eq!(chunk.len(), units.len() * 5);
                         for (u, row) in units.zip(chunk.chunks_exact_mut(5)) {
@@ -197,7 +220,7 @@ mod tests {
     #[test]
     fn parts_keep_the_callers_vector_width_and_report_errors() {
         let widths = std::sync::Mutex::new(Vec::new());
-        multithread_tract_scope(Executor::multithread(2), || {
+        with_threads(2, || {
             Isa::capped(Isa::Portable, || {
                 for_each_part(4, 4, |_| {
                     widths.lock().unwrap().push(Isa::best());
@@ -208,7 +231,7 @@ mod tests {
         .unwrap();
         // Four parts asked, two threads: two parts.
         assert_eq!(*widths.lock().unwrap(), vec![Isa::Portable; 2]);
-        let failed = multithread_tract_scope(Executor::multithread(2), || {
+        let failed = with_threads(2, || {
             for_each_part(4, 2, |r| {
                 if r.start == 0 {
                     Ok(())

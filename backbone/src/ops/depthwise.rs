@@ -505,7 +505,6 @@ mod tests {
     /// images among them), the op gives the one-thread bits.
     #[test]
     fn threads_give_the_one_thread_bits() {
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
         for (n, c, hw, k, s) in [(2, 96, [16, 16], 5, 1), (3, 40, [13, 11], 3, 2)] {
             let mut m = model(n, c, hw, k, s, PaddingSpec::SameUpper);
             assert_eq!(rewrite(&mut m).unwrap(), 1);
@@ -515,7 +514,7 @@ mod tests {
             let run = || plan.run(tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()]).unwrap().remove(0);
             let one = run();
             for threads in [2, 3] {
-                let many = multithread_tract_scope(Executor::multithread(threads), run);
+                let many = crate::kernels::parts::with_threads(threads, run);
                 let bits = |t: &TValue| {
                     t.to_plain_array_view::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };

@@ -818,7 +818,6 @@ mod tests {
     /// path's bits, under every vector width.
     #[test]
     fn parts_give_the_serial_bits_at_every_thread_count() {
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
         // (tile, cin, cout, batch, pixels, silu, residual, channel-first out)
         let cases = [
             ((6, 16), 37, 53, 1, 64, true, true, false),
@@ -860,7 +859,7 @@ mod tests {
                 assert!(serial.iter().all(|v| v.is_finite()));
                 for threads in [1, 2, 3] {
                     let mut split = vec![f32::NAN; n * cout];
-                    multithread_tract_scope(Executor::multithread(threads), || {
+                    crate::kernels::parts::with_threads(threads, || {
                         crate::kernels::Isa::capped(isa, || op.run_parts(threads, &x, r, &mut split, weights, packed))
                     })
                     .unwrap();
