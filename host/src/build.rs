@@ -308,11 +308,11 @@ pub fn write_trained_card(dir: &Path, m: &Manifest) -> Result<()> {
 /// The card's line on test-time views, empty for a graph that runs the
 /// frame alone.
 fn views_line(m: &Manifest) -> String {
-    match m.extra["tta"].as_str() {
-        Some("flip") => "* test-time views: each frame and its mirror image, one batch of two through the \
-                         network, features averaged (in the graph: `--tta flip`)\n"
+    match crate::views::Tta::of(m) {
+        crate::views::Tta::Flip => "* test-time views: each frame and its mirror image, one batch of two through the \
+                                    network, features averaged (in the graph: `--tta flip`)\n"
             .into(),
-        _ => String::new(),
+        crate::views::Tta::None => String::new(),
     }
 }
 

@@ -1204,7 +1204,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     // Checked before the features are extracted: averaging the views of a
     // graph that already averages them only doubles the work.
     anyhow::ensure!(
-        a.tta == Tta::None || Manifest::read(&a.bundle)?.extra["tta"].as_str() != Some("flip"),
+        a.tta == Tta::None || Tta::of(&Manifest::read(&a.bundle)?) == Tta::None,
         "{}'s graph already averages each frame with its mirror image: --tta flip would change nothing",
         a.bundle.display()
     );

@@ -17,11 +17,12 @@
 
 use crate::onnx::{attr_int, attr_ints, value_info};
 use prost::Message;
+use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use tract_onnx::pb;
 
 /// Which views of a frame its features average (`--tta`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tta {
     /// The frame alone.
@@ -29,6 +30,15 @@ pub enum Tta {
     None,
     /// The frame and its mirror image, averaged.
     Flip,
+}
+
+impl Tta {
+    /// The views a bundle's graph averages, as its manifest records them
+    /// (`extra.tta`, written by `train` and `bundle`); a manifest from
+    /// before the option records none, and its graph runs the frame alone.
+    pub fn of(m: &gaussedge_bundle::Manifest) -> Tta {
+        Tta::deserialize(&m.extra["tta"]).unwrap_or_default()
+    }
 }
 
 /// `onnx` with `layers` averaged over the views `tta` asks for (the same
