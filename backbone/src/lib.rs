@@ -14,8 +14,11 @@
 //! It knows nothing of heads, bundles or devices: the device and the host
 //! both extract features through it, so they agree to the bit.
 
+pub mod compiled;
 pub mod kernels;
 pub mod ops;
+
+pub use compiled::CompiledError;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,6 +47,8 @@ pub enum BackboneError {
     InputLength { batch: usize, expected: usize, got: usize },
     #[error("running the backbone: {0}")]
     Run(String),
+    #[error(transparent)]
+    Compiled(#[from] CompiledError),
 }
 
 /// Whether the project's graph rewrites run when a backbone loads. They
@@ -165,10 +170,103 @@ impl Backbone {
         layers: &[S],
         rewrites: Rewrites,
     ) -> Result<(Self, LoadProfile), BackboneError> {
+        let mut clock = LoadProfile::start();
+        let (typed, channel_last) = Self::rewritten(onnx, input_shape, layers, rewrites, &mut clock)?;
+        let model = Self::optimise(typed, channel_last, &mut clock)?;
+        let backbone = Self::planned(model, input_shape, layers, &mut clock)?;
+        Ok((backbone, clock))
+    }
+
+    /// [`load`](Self::load), also returning the rewritten graph as bytes
+    /// that [`load_compiled`](Self::load_compiled) reads back in a fraction
+    /// of the time: what a device keeps in flash beside the bundle it
+    /// booted. `source` is the ONNX's SHA-256, which the bytes are bound
+    /// to. The bytes are `Err` (with the reason, for a log) where the graph
+    /// holds an op the format does not store: such a backbone loads from
+    /// its ONNX every time.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cifar10-b0-base5");
+    /// # let b = gaussedge_bundle::Bundle::read(std::path::Path::new(dir))?;
+    /// # let source = gaussedge_bundle::sha256(&b.onnx);
+    /// # let (onnx, layers) = (&b.onnx, &b.manifest.layers);
+    /// use gaussedge_backbone::Backbone;
+    /// // First boot of a bundle: from its ONNX, keeping the compiled graph.
+    /// let (first, compiled) = Backbone::load_and_compile(onnx, [1, 3, 64, 64], layers, source)?;
+    /// // Every later boot: from the compiled graph, where there is one (a
+    /// // CPU the project's kernels do not serve runs tract's own ops, which
+    /// // are not stored); the same features to the bit.
+    /// if let Ok(compiled) = compiled {
+    ///     let later = Backbone::load_compiled(&compiled, [1, 3, 64, 64], layers, source)?;
+    ///     let frame = vec![0.5f32; first.input_len()];
+    ///     assert_eq!(first.features(&frame)?, later.features(&frame)?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn load_and_compile<S: AsRef<str>>(
+        onnx: &[u8],
+        input_shape: [usize; 4],
+        layers: &[S],
+        source: [u8; 32],
+    ) -> Result<(Self, Result<Vec<u8>, String>), BackboneError> {
+        let mut clock = LoadProfile::start();
+        let (typed, channel_last) = Self::rewritten(onnx, input_shape, layers, Rewrites::Project, &mut clock)?;
+        let compiled = if channel_last {
+            compiled::write(&typed, &compiled::Key { source, input_shape, layers })
+                .map_err(|op| format!("the rewritten graph holds {op}, which compiled backbones do not store"))
+        } else {
+            Err("the project's rewrites are switched off".to_string())
+        };
+        let model = Self::optimise(typed, channel_last, &mut clock)?;
+        Ok((Self::planned(model, input_shape, layers, &mut clock)?, compiled))
+    }
+
+    /// Loads what [`load_and_compile`](Self::load_and_compile) wrote, after
+    /// checking that it was written by this build on this CPU, for the ONNX
+    /// whose SHA-256 is `source`, this input shape and these layers. Any
+    /// mismatch or damage is [`BackboneError::Compiled`]: load the ONNX.
+    pub fn load_compiled<S: AsRef<str>>(
+        bytes: &[u8],
+        input_shape: [usize; 4],
+        layers: &[S],
+        source: [u8; 32],
+    ) -> Result<Self, BackboneError> {
+        Self::load_compiled_profiled(bytes, input_shape, layers, source).map(|(backbone, _)| backbone)
+    }
+
+    /// [`load_compiled`](Self::load_compiled) with its stages' times
+    /// (`read`, then as [`load_profiled`](Self::load_profiled) from
+    /// `optimise` on).
+    pub fn load_compiled_profiled<S: AsRef<str>>(
+        bytes: &[u8],
+        input_shape: [usize; 4],
+        layers: &[S],
+        source: [u8; 32],
+    ) -> Result<(Self, LoadProfile), BackboneError> {
+        if layers.is_empty() {
+            return Err(BackboneError::NoLayers);
+        }
+        let mut clock = LoadProfile::start();
+        let typed = compiled::read(bytes, &compiled::Key { source, input_shape, layers })?;
+        clock.lap("read");
+        let model = Self::optimise(typed, true, &mut clock)?;
+        let backbone = Self::planned(model, input_shape, layers, &mut clock)?;
+        Ok((backbone, clock))
+    }
+
+    /// Checks an optimised graph's outputs against the head's needs and
+    /// makes it runnable.
+    fn planned<S: AsRef<str>>(
+        model: TypedModel,
+        input_shape: [usize; 4],
+        layers: &[S],
+        clock: &mut LoadProfile,
+    ) -> Result<Self, BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         let batch = input_shape[0];
-        let mut clock = LoadProfile::start();
-        let model = Self::optimized_with(onnx, input_shape, layers, rewrites, &mut clock)?;
         let mut dims = vec![];
         for (i, name) in layers.iter().enumerate() {
             let fact = model.output_fact(i).map_err(load)?;
@@ -193,7 +291,7 @@ impl Backbone {
         let plan = model.into_runnable().map_err(load)?;
         let state = Mutex::new(plan.spawn().map_err(load)?);
         clock.lap("plan");
-        Ok((Backbone { state, batch, input_shape, dims }, clock))
+        Ok(Backbone { state, batch, input_shape, dims })
     }
 
     /// The optimised graph `load` runs, for tools that drive tract
@@ -203,16 +301,21 @@ impl Backbone {
         input_shape: [usize; 4],
         layers: &[S],
     ) -> Result<TypedModel, BackboneError> {
-        Self::optimized_with(onnx, input_shape, layers, Rewrites::Project, &mut LoadProfile::start())
+        let clock = &mut LoadProfile::start();
+        let (typed, channel_last) = Self::rewritten(onnx, input_shape, layers, Rewrites::Project, clock)?;
+        Self::optimise(typed, channel_last, clock)
     }
 
-    fn optimized_with<S: AsRef<str>>(
+    /// The graph after the project's rewrites, before tract's optimiser:
+    /// what [`compiled`] stores. The flag says whether it runs channel-last
+    /// (the rewrites ran), which the optimiser's last step needs to know.
+    fn rewritten<S: AsRef<str>>(
         onnx: &[u8],
         input_shape: [usize; 4],
         layers: &[S],
         rewrites: Rewrites,
         clock: &mut LoadProfile,
-    ) -> Result<TypedModel, BackboneError> {
+    ) -> Result<(TypedModel, bool), BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         if layers.is_empty() {
             return Err(BackboneError::NoLayers);
@@ -287,6 +390,13 @@ impl Backbone {
             }
             clock.lap("rewrite");
         }
+        Ok((typed, channel_last))
+    }
+
+    /// tract's optimiser on a rewritten graph, then the channel-last ops
+    /// that replace some of what it chose.
+    fn optimise(typed: TypedModel, channel_last: bool, clock: &mut LoadProfile) -> Result<TypedModel, BackboneError> {
+        let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         let mut optimized = typed.into_optimized().map_err(load)?;
         clock.lap("optimise");
         if channel_last {

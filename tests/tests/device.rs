@@ -306,6 +306,86 @@ fn a_new_bundle_is_flashed_atomically() {
     assert!(matches!(c.frame(s.format, FrameUse::Predict, &s.pixels).unwrap(), Response::Prediction(_)));
 }
 
+/// Predictions of the first `n` test images, scores to the bit.
+fn predictions(c: &mut Client, n: usize) -> Vec<(String, u64)> {
+    let test = dataset(Split::Test);
+    test.samples[..n]
+        .iter()
+        .map(|s| {
+            let p = c.predict(s.format, &s.pixels).unwrap();
+            (p.label.to_string(), p.score.to_bits())
+        })
+        .collect()
+}
+
+fn device_log(state: &std::path::Path) -> String {
+    std::fs::read_to_string(state.join("device.log")).unwrap()
+}
+
+#[test]
+fn boots_read_the_compiled_backbone_and_pass_over_a_damaged_one() {
+    let f = fixture();
+    let state = tempfile::tempdir().unwrap();
+    let compiled = state.path().join("backbone.compiled");
+    let sim = start(state.path(), &[]);
+    let mut c = connect(&sim);
+    let first = predictions(&mut c, 12);
+    drop(c);
+    drop(sim);
+    assert!(device_log(state.path()).contains("backbone from its ONNX"), "{}", device_log(state.path()));
+    let Ok(bytes) = std::fs::read(&compiled) else {
+        // A CPU whose kernels the project's rewrites do not serve: nothing
+        // is compiled, and every boot reads the ONNX.
+        assert!(!gaussedge_backbone::ops::pointwise::wanted());
+        return;
+    };
+
+    // The second boot reads it, and the device answers to the bit as before.
+    let sim = start(state.path(), &[]);
+    let mut c = connect(&sim);
+    assert_eq!(predictions(&mut c, 12), first);
+    drop(c);
+    drop(sim);
+    assert!(device_log(state.path()).contains("backbone from its compiled graph"), "{}", device_log(state.path()));
+    assert!(std::fs::read(&compiled).unwrap() == bytes, "a good compiled graph is not rewritten");
+
+    // Damaged (a flipped bit), cut short (a power cut while it was written
+    // by hand), or a stray temporary file: the boot warns, loads the ONNX,
+    // answers the same, and writes the file again.
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 4;
+    for damaged in [flipped, bytes[..bytes.len() / 3].to_vec(), vec![]] {
+        std::fs::write(&compiled, &damaged).unwrap();
+        std::fs::write(state.path().join("backbone.compiled.tmp"), &bytes[..100]).unwrap();
+        let sim = start(state.path(), &[]);
+        let mut c = connect(&sim);
+        assert_eq!(predictions(&mut c, 12), first);
+        drop(c);
+        drop(sim);
+        let log = device_log(state.path());
+        assert!(log.contains("warning:") && log.contains("backbone from its ONNX"), "{log}");
+        assert!(std::fs::read(&compiled).unwrap() == bytes, "rewritten after damage");
+    }
+
+    // A flash compiles the new bundle: the file is then its, and its first
+    // boot reads it.
+    let read = |b: &std::path::Path, n: &str| std::fs::read(b.join(n)).unwrap();
+    let sim = start(state.path(), &[]);
+    let mut c = connect(&sim);
+    c.flash(&read(&f.bundle_b, "backbone.onnx"), &read(&f.bundle_b, "manifest.json"), &read(&f.bundle_b, "head.stats"))
+        .unwrap();
+    drop(c);
+    drop(sim);
+    let flashed = std::fs::read(&compiled).unwrap();
+    assert!(flashed != bytes, "the flashed bundle's graph replaced the factory one's");
+    let sim = start(state.path(), &[]);
+    let mut c = connect(&sim);
+    assert_eq!(predictions(&mut c, 1).len(), 1);
+    drop(c);
+    drop(sim);
+    assert!(device_log(state.path()).contains("flashed bundle: backbone from its compiled graph"));
+}
+
 /// Bytes the process has read through read(2) and friends, from
 /// `/proc/PID/io` (`rchar`).
 fn bytes_read(pid: u32) -> u64 {

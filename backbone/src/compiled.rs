@@ -1,0 +1,572 @@
+//! A loaded backbone's rewritten graph as bytes, so that a device boots
+//! without redoing the work of its first load.
+//!
+//! Three quarters of a load is turning the ONNX into the graph the kernels
+//! run: the protobuf parse, tract's type analysis and declutter, the layout
+//! pass and the project's rewrites. Their result depends only on the ONNX,
+//! the input shape, the layers, this build's code and the CPU's kernel set,
+//! so a device writes it to flash after the first load of a bundle
+//! ([`Backbone::load_and_compile`]) and reads it back on every later boot
+//! ([`Backbone::load_compiled`]): the wiring of a few hundred nodes and
+//! tract's own optimiser, which is cheap on an already decluttered graph.
+//!
+//! The bytes are a cache, never the source of truth. They name the ONNX
+//! they came from (its SHA-256), the input shape, the layers and the build
+//! and CPU that wrote them ([`fingerprint`]), and end in a CRC-32 over all
+//! of it; anything that does not match is a typed [`CompiledError`], and
+//! the caller loads the ONNX again (and may write fresh bytes). The op
+//! set is the one a rewritten EfficientNet holds: the project's ops and
+//! the handful of tract's around them. A graph with any other op (tract's
+//! own convolutions, on a CPU the project's kernels do not serve, or a
+//! foreign backbone) is not written, and loads from its ONNX every time.
+//!
+//! Layout, all integers little-endian: the magic `GEBBCMP1`, the
+//! fingerprint, the source SHA-256, the input shape (4 x u64), the layers,
+//! the nodes in evaluation order (name, op tag, inputs as (node, slot),
+//! the op's fields), the outputs as (node, slot), then the CRC-32
+//! (ISO-HDLC) of everything before it.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::{Gather, TypedConcat};
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+use tract_onnx::tract_core::ops::source::TypedSource;
+use tract_onnx::tract_hir::internal::DimLike;
+
+use crate::ops::depthwise::DepthwiseNhwc;
+use crate::ops::im2col::Im2colConv;
+use crate::ops::matvec::MatVec;
+use crate::ops::pointwise::{Input, Pointwise, Strides};
+
+const MAGIC: &[u8; 8] = b"GEBBCMP1";
+// Slice-by-16: the bytes are the whole network (15 MB for b0), and the
+// one-table CRC took 30 ms of a 43 ms boot.
+const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Why compiled bytes were not used. Every case means "load the ONNX":
+/// the bytes are a cache.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompiledError {
+    #[error("not a compiled backbone (bad magic)")]
+    Magic,
+    #[error("compiled backbone is truncated or corrupt (CRC-32 mismatch)")]
+    Corrupt,
+    #[error("compiled backbone ends early: {0}")]
+    Truncated(&'static str),
+    #[error("compiled backbone was written by another build or CPU ({found}; this is {expected})")]
+    Build { expected: String, found: String },
+    #[error("compiled backbone is of another ONNX (SHA-256 {found}, the bundle's is {expected})")]
+    Source { expected: String, found: String },
+    #[error("compiled backbone is for input {found:?} and layers {found_layers:?}, not {expected:?} and {expected_layers:?}")]
+    Shape { expected: [usize; 4], found: [usize; 4], expected_layers: Vec<String>, found_layers: Vec<String> },
+    #[error("compiled backbone holds an unknown {0}")]
+    Unknown(String),
+    #[error("compiled backbone does not wire: {0}")]
+    Wire(String),
+}
+
+/// The build and CPU the compiled bytes belong to: this crate's sources
+/// and pinned tract (hashed by the build script, so any change to an op's
+/// fields or loops makes old bytes stale) and the widest kernel set the
+/// CPU has (the rewrites pick register tiles and pack weights for it), and
+/// which rewrites the environment switched off.
+pub fn fingerprint() -> String {
+    let switches: Vec<&str> =
+        ["GAUSSEDGE_TRACT_NCHW", "GAUSSEDGE_TRACT_DEPTHWISE", "GAUSSEDGE_TRACT_MATVEC", "GAUSSEDGE_TRACT_DENSE"]
+            .into_iter()
+            .filter(|v| std::env::var_os(v).is_some())
+            .collect();
+    format!(
+        "gaussedge-backbone {} source {} {} {}{}",
+        env!("CARGO_PKG_VERSION"),
+        env!("GAUSSEDGE_BACKBONE_SOURCE"),
+        std::env::consts::ARCH,
+        crate::kernels::Isa::detected().name(),
+        if switches.is_empty() { String::new() } else { format!(" off {}", switches.join(",")) }
+    )
+}
+
+/// What compiled bytes are checked against before anything is built.
+pub(crate) struct Key<'a, S> {
+    pub source: [u8; 32],
+    pub input_shape: [usize; 4],
+    pub layers: &'a [S],
+}
+
+/// The rewritten graph as bytes, or `None` when it holds an op the format
+/// does not know (the name of the first such op, for the caller's log).
+pub(crate) fn write<S: AsRef<str>>(model: &TypedModel, key: &Key<S>) -> Result<Vec<u8>, String> {
+    let mut w = Writer(Vec::with_capacity(16 << 20));
+    w.0.extend_from_slice(MAGIC);
+    w.str(&fingerprint());
+    w.0.extend_from_slice(&key.source);
+    for d in key.input_shape {
+        w.u64(d as u64);
+    }
+    w.u32(key.layers.len() as u32);
+    for l in key.layers {
+        w.str(l.as_ref());
+    }
+    let order = model.eval_order().map_err(|e| format!("{e:#}"))?;
+    let mut index = vec![u32::MAX; model.nodes.len()];
+    w.u32(order.len() as u32);
+    for (i, &id) in order.iter().enumerate() {
+        index[id] = i as u32;
+        let node = model.node(id);
+        w.str(&node.name);
+        w.u32(node.inputs.len() as u32);
+        for input in &node.inputs {
+            w.u32(index[input.node]);
+            w.u32(input.slot as u32);
+        }
+        w.op(node.op.as_ref())?;
+    }
+    w.u32(model.outputs.len() as u32);
+    for o in &model.outputs {
+        w.u32(index[o.node]);
+        w.u32(o.slot as u32);
+    }
+    let crc = CRC.checksum(&w.0);
+    w.u32(crc);
+    Ok(w.0)
+}
+
+/// The graph `bytes` hold, wired again, after checking them against `key`.
+pub(crate) fn read<S: AsRef<str>>(bytes: &[u8], key: &Key<S>) -> Result<TypedModel, CompiledError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(CompiledError::Magic);
+    }
+    let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4).max(MAGIC.len()));
+    if crc.len() != 4 || CRC.checksum(body) != u32::from_le_bytes(crc.try_into().unwrap_or_default()) {
+        return Err(CompiledError::Corrupt);
+    }
+    let mut r = Reader(&body[MAGIC.len()..]);
+    let found = r.str("fingerprint")?;
+    let expected = fingerprint();
+    if found != expected {
+        return Err(CompiledError::Build { expected, found });
+    }
+    let source: [u8; 32] = r.take(32, "source")?.try_into().map_err(|_| CompiledError::Truncated("source"))?;
+    if source != key.source {
+        return Err(CompiledError::Source { expected: hex(&key.source), found: hex(&source) });
+    }
+    let mut input_shape = [0usize; 4];
+    for d in &mut input_shape {
+        *d = r.usize("input shape")?;
+    }
+    let n = r.count("layers")?;
+    let layers = (0..n).map(|_| r.str("layer")).collect::<Result<Vec<_>, _>>()?;
+    let expected_layers: Vec<String> = key.layers.iter().map(|l| l.as_ref().to_string()).collect();
+    if input_shape != key.input_shape || layers != expected_layers {
+        return Err(CompiledError::Shape {
+            expected: key.input_shape,
+            found: input_shape,
+            expected_layers,
+            found_layers: layers,
+        });
+    }
+    let wire = |e: TractError| CompiledError::Wire(format!("{e:#}"));
+    let mut model = TypedModel::default();
+    let mut outlets: Vec<TVec<OutletId>> = vec![];
+    let n = r.count("nodes")?;
+    for _ in 0..n {
+        let name = r.str("node name")?;
+        let k = r.count("inputs")?;
+        let mut inputs = tvec![];
+        for _ in 0..k {
+            let (node, slot) = (r.u32("input")? as usize, r.u32("input")? as usize);
+            let outlet = outlets.get(node).and_then(|o| o.get(slot)).ok_or_else(|| {
+                CompiledError::Wire(format!("node {name} reads ({node}, {slot}), which is not written before it"))
+            })?;
+            inputs.push(*outlet);
+        }
+        let op = r.op()?;
+        let wired = if let Some(source) = op.downcast_ref::<TypedSource>() {
+            tvec![model.add_source(&name, source.fact.clone()).map_err(wire)?]
+        } else {
+            model.wire_node(&name, op, &inputs).map_err(wire)?
+        };
+        outlets.push(wired);
+    }
+    let n = r.count("outputs")?;
+    let mut outputs = vec![];
+    for _ in 0..n {
+        let (node, slot) = (r.u32("output")? as usize, r.u32("output")? as usize);
+        let outlet = outlets
+            .get(node)
+            .and_then(|o| o.get(slot))
+            .ok_or_else(|| CompiledError::Wire(format!("output ({node}, {slot}) is not a wired outlet")))?;
+        outputs.push(*outlet);
+    }
+    if !r.0.is_empty() {
+        return Err(CompiledError::Wire(format!("{} bytes after the outputs", r.0.len())));
+    }
+    model.select_output_outlets(&outputs).map_err(wire)?;
+    Ok(model)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// Op tags. Appending is fine (old bytes stay readable by a newer build only
+// through the fingerprint, which changes with any source change anyway).
+const SOURCE: u8 = 1;
+const CONST: u8 = 2;
+const POINTWISE: u8 = 3;
+const DEPTHWISE: u8 = 4;
+const IM2COL: u8 = 5;
+const MATVEC: u8 = 6;
+const ELEMENT_WISE: u8 = 7;
+const BINARY: u8 = 8;
+const REDUCE: u8 = 9;
+const AXIS: u8 = 10;
+const CONCAT: u8 = 11;
+const GATHER: u8 = 12;
+
+/// The element-wise and binary ops the format knows, by tract's name.
+const ELEMENT_WISE_OPS: [&str; 2] = ["Sigmoid", "Silu"];
+const BINARY_OPS: [&str; 6] = ["Add", "Sub", "Mul", "Div", "Max", "Min"];
+const REDUCERS: [Reducer; 5] = [Reducer::Sum, Reducer::Max, Reducer::Min, Reducer::Prod, Reducer::MeanOfSquares];
+const DATUMS: [DatumType; 5] = [DatumType::F32, DatumType::I64, DatumType::I32, DatumType::U8, DatumType::Bool];
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn usize(&mut self, v: usize) {
+        self.u64(v as u64);
+    }
+    fn usizes(&mut self, v: &[usize]) {
+        self.u32(v.len() as u32);
+        for &x in v {
+            self.usize(x);
+        }
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn tensor(&mut self, t: &Tensor) -> Result<(), String> {
+        let dt =
+            DATUMS.iter().position(|d| *d == t.datum_type()).ok_or_else(|| format!("{:?} tensor", t.datum_type()))?;
+        if !t.is_plain_ram() {
+            return Err("tensor not in plain memory".into());
+        }
+        self.u8(dt as u8);
+        self.usizes(t.shape());
+        let bytes = t.as_bytes();
+        self.u64(bytes.len() as u64);
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn pointwise(&mut self, p: &Pointwise) -> Result<(), String> {
+        for v in [p.cin, p.cout, p.batch, p.pixels, p.tile, p.width] {
+            self.usize(v);
+        }
+        self.tensor(&p.weights)?;
+        self.tensor(&p.bias)?;
+        self.u8(p.silu as u8);
+        self.u8(p.residual as u8);
+        self.usize(p.x.batch);
+        self.usizes(&p.x.pixels);
+        self.usizes(&p.x.channels);
+        for v in [p.y.batch, p.y.pixel, p.y.channel] {
+            self.usize(v);
+        }
+        self.usizes(&p.input_shape);
+        self.usizes(&p.output_shape);
+        Ok(())
+    }
+
+    fn op(&mut self, op: &dyn TypedOp) -> Result<(), String> {
+        if let Some(s) = op.downcast_ref::<TypedSource>() {
+            let shape = s.fact.shape.as_concrete().ok_or("a source of symbolic shape")?;
+            if s.fact.datum_type != f32::datum_type() {
+                return Err(format!("a {:?} source", s.fact.datum_type));
+            }
+            self.u8(SOURCE);
+            self.usizes(shape);
+        } else if let Some(c) = op.downcast_ref::<Const>() {
+            if c.exotic_fact().is_some() {
+                return Err("a constant with an exotic fact".into());
+            }
+            self.u8(CONST);
+            self.tensor(c.val())?;
+        } else if let Some(p) = op.downcast_ref::<Pointwise>() {
+            self.u8(POINTWISE);
+            self.pointwise(p)?;
+        } else if let Some(d) = op.downcast_ref::<DepthwiseNhwc>() {
+            self.u8(DEPTHWISE);
+            for v in [d.kernel, d.stride, d.pad_before, d.output].into_iter().flatten() {
+                self.usize(v);
+            }
+            self.tensor(&d.weights)?;
+            self.tensor(&d.bias)?;
+        } else if let Some(c) = op.downcast_ref::<Im2colConv>() {
+            self.u8(IM2COL);
+            for v in c.input.into_iter().chain(c.pad) {
+                self.usize(v);
+            }
+            self.pointwise(&c.rows)?;
+        } else if let Some(m) = op.downcast_ref::<MatVec>() {
+            self.u8(MATVEC);
+            self.tensor(&m.weights)?;
+            self.u8(m.by_output as u8);
+            self.usizes(&m.output);
+        } else if let Some(e) = op.downcast_ref::<ElementWiseOp>() {
+            let name = e.0.name();
+            let i = ELEMENT_WISE_OPS.iter().position(|n| *n == name).filter(|_| e.1.is_none());
+            self.u8(ELEMENT_WISE);
+            self.u8(i.ok_or_else(|| format!("element-wise {name}"))? as u8);
+        } else if let Some(b) = op.downcast_ref::<TypedBinOp>() {
+            let name = b.0.name();
+            let i = BINARY_OPS.iter().position(|n| *n == name).filter(|_| b.1.is_none());
+            self.u8(BINARY);
+            self.u8(i.ok_or_else(|| format!("binary {name}"))? as u8);
+        } else if let Some(red) = op.downcast_ref::<Reduce>() {
+            let i = REDUCERS.iter().position(|r| *r == red.reducer).ok_or_else(|| format!("{:?}", red.reducer))?;
+            self.u8(REDUCE);
+            self.u8(i as u8);
+            self.usizes(&red.axes);
+        } else if let Some(a) = op.downcast_ref::<AxisOp>() {
+            self.u8(AXIS);
+            match a {
+                AxisOp::Add(x) => {
+                    self.u8(0);
+                    self.usize(*x);
+                }
+                AxisOp::Rm(x) => {
+                    self.u8(1);
+                    self.usize(*x);
+                }
+                AxisOp::Move(x, y) => {
+                    self.u8(2);
+                    self.usize(*x);
+                    self.usize(*y);
+                }
+                AxisOp::Reshape(at, from, to) => {
+                    let concrete = |dims: &TVec<TDim>| -> Result<Vec<usize>, String> {
+                        dims.iter().map(|d| d.to_usize().map_err(|_| format!("reshape over {d}"))).collect()
+                    };
+                    self.u8(3);
+                    self.usize(*at);
+                    self.usizes(&concrete(from)?);
+                    self.usizes(&concrete(to)?);
+                }
+            }
+        } else if let Some(c) = op.downcast_ref::<TypedConcat>() {
+            self.u8(CONCAT);
+            self.usize(c.axis);
+        } else if let Some(g) = op.downcast_ref::<Gather>() {
+            if g.output_type.is_some() {
+                return Err("a Gather with an output type".into());
+            }
+            self.u8(GATHER);
+            self.usize(g.axis);
+        } else {
+            return Err(op.name().to_string());
+        }
+        Ok(())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CompiledError> {
+        if self.0.len() < n {
+            return Err(CompiledError::Truncated(what));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, CompiledError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, CompiledError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().map_err(|_| CompiledError::Truncated(what))?))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, CompiledError> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().map_err(|_| CompiledError::Truncated(what))?))
+    }
+    fn usize(&mut self, what: &'static str) -> Result<usize, CompiledError> {
+        usize::try_from(self.u64(what)?).map_err(|_| CompiledError::Truncated(what))
+    }
+    /// A count of things that follow, each at least one byte: larger than
+    /// what is left means corrupt, before anything is allocated for it.
+    fn count(&mut self, what: &'static str) -> Result<usize, CompiledError> {
+        let n = self.u32(what)? as usize;
+        if n > self.0.len() {
+            return Err(CompiledError::Truncated(what));
+        }
+        Ok(n)
+    }
+    fn usizes(&mut self, what: &'static str) -> Result<Vec<usize>, CompiledError> {
+        let n = self.count(what)?;
+        (0..n).map(|_| self.usize(what)).collect()
+    }
+    fn bool(&mut self, what: &'static str) -> Result<bool, CompiledError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(CompiledError::Unknown(format!("flag {b} for {what}"))),
+        }
+    }
+    fn str(&mut self, what: &'static str) -> Result<String, CompiledError> {
+        let n = self.count(what)?;
+        String::from_utf8(self.take(n, what)?.to_vec()).map_err(|_| CompiledError::Unknown(format!("{what} text")))
+    }
+    fn pair(&mut self, what: &'static str) -> Result<[usize; 2], CompiledError> {
+        Ok([self.usize(what)?, self.usize(what)?])
+    }
+
+    fn tensor(&mut self, what: &'static str) -> Result<Arc<Tensor>, CompiledError> {
+        let dt = self.u8(what)? as usize;
+        let dt = *DATUMS.get(dt).ok_or_else(|| CompiledError::Unknown(format!("datum type {dt}")))?;
+        let shape = self.usizes(what)?;
+        let len = self.usize(what)?;
+        let bytes = self.take(len, what)?;
+        // Safety: `from_raw_dt` checks the length against the shape before
+        // it copies, and every bit pattern is a valid value of these types
+        // but `Bool`, which it reads as bytes and tract only compares.
+        let t = unsafe { Tensor::from_raw_dt(dt, &shape, bytes) }.map_err(|e| CompiledError::Wire(format!("{e:#}")))?;
+        Ok(Arc::new(t))
+    }
+
+    fn pointwise(&mut self) -> Result<Pointwise, CompiledError> {
+        let w = "Pointwise";
+        let [cin, cout] = self.pair(w)?;
+        let [batch, pixels] = self.pair(w)?;
+        let [tile, width] = self.pair(w)?;
+        let (weights, bias) = (self.tensor(w)?, self.tensor(w)?);
+        let (silu, residual) = (self.bool(w)?, self.bool(w)?);
+        let x = Input { batch: self.usize(w)?, pixels: self.usizes(w)?, channels: self.usizes(w)? };
+        let y = Strides { batch: self.usize(w)?, pixel: self.usize(w)?, channel: self.usize(w)? };
+        let (input_shape, output_shape) = (self.usizes(w)?.into(), self.usizes(w)?.into());
+        let blocks = cout.div_ceil(width.max(1));
+        // The kernels index the packed weights by these: a pointwise op
+        // whose tensors do not have the sizes its fields say is refused.
+        let fits = matches!((tile, width), (6, 16) | (4, 24) | (6, 32) | (4, 48))
+            && weights.datum_type() == DatumType::F32
+            && bias.datum_type() == DatumType::F32
+            && weights.shape() == [blocks, cin, width]
+            && bias.shape() == [blocks * width];
+        if !fits {
+            return Err(CompiledError::Wire(format!(
+                "Pointwise {cin} -> {cout} with {tile}x{width} tiles and weights {:?}",
+                weights.shape()
+            )));
+        }
+        Ok(Pointwise {
+            cin,
+            cout,
+            batch,
+            pixels,
+            tile,
+            width,
+            weights,
+            bias,
+            silu,
+            residual,
+            x,
+            y,
+            input_shape,
+            output_shape,
+        })
+    }
+
+    fn op(&mut self) -> Result<Box<dyn TypedOp>, CompiledError> {
+        let unknown = |what: &str, i: u8| CompiledError::Unknown(format!("{what} {i}"));
+        let tag = self.u8("op")?;
+        Ok(match tag {
+            SOURCE => Box::new(TypedSource::new(f32::fact(self.usizes("source")?))),
+            CONST => Box::new(Const::new(self.tensor("Const")?).map_err(|e| CompiledError::Wire(format!("{e:#}")))?),
+            POINTWISE => Box::new(self.pointwise()?),
+            DEPTHWISE => {
+                let w = "DepthwiseNhwc";
+                let (kernel, stride, pad_before, output) = (self.pair(w)?, self.pair(w)?, self.pair(w)?, self.pair(w)?);
+                let (weights, bias) = (self.tensor(w)?, self.tensor(w)?);
+                let c = bias.len();
+                let fits = weights.datum_type() == DatumType::F32
+                    && bias.datum_type() == DatumType::F32
+                    && bias.rank() == 1
+                    && weights.shape() == [kernel[0] * kernel[1], c];
+                if !fits {
+                    return Err(CompiledError::Wire(format!(
+                        "{w} kernel {kernel:?} with weights {:?}",
+                        weights.shape()
+                    )));
+                }
+                Box::new(DepthwiseNhwc { kernel, stride, pad_before, output, weights, bias })
+            }
+            IM2COL => {
+                let w = "Im2colConv";
+                let input = [self.usize(w)?, self.usize(w)?, self.usize(w)?, self.usize(w)?];
+                let pad = [self.usize(w)?, self.usize(w)?, self.usize(w)?, self.usize(w)?];
+                Box::new(Im2colConv { input, pad, rows: Arc::new(self.pointwise()?) })
+            }
+            MATVEC => {
+                let weights = self.tensor("MatVec")?;
+                let by_output = self.bool("MatVec")?;
+                let output = self.usizes("MatVec")?.into();
+                if weights.datum_type() != DatumType::F32 || weights.rank() != 2 {
+                    return Err(CompiledError::Wire(format!("MatVec weights {:?}", weights.shape())));
+                }
+                Box::new(MatVec { weights, by_output, output })
+            }
+            ELEMENT_WISE => match self.u8("element-wise")? {
+                0 => Box::new(tract_onnx::tract_core::ops::nn::sigmoid()),
+                1 => Box::new(tract_onnx::tract_core::ops::nn::silu::silu()),
+                i => return Err(unknown("element-wise op", i)),
+            },
+            BINARY => {
+                use tract_onnx::tract_core::ops::math;
+                match self.u8("binary")? {
+                    0 => Box::new(math::add()),
+                    1 => Box::new(math::sub()),
+                    2 => Box::new(math::mul()),
+                    3 => Box::new(math::div()),
+                    4 => Box::new(math::max()),
+                    5 => Box::new(math::min()),
+                    i => return Err(unknown("binary op", i)),
+                }
+            }
+            REDUCE => {
+                let i = self.u8("Reduce")?;
+                let reducer = REDUCERS.get(i as usize).cloned().ok_or_else(|| unknown("reducer", i))?;
+                Box::new(Reduce { axes: self.usizes("Reduce")?.into(), reducer })
+            }
+            AXIS => Box::new(match self.u8("axis op")? {
+                0 => AxisOp::Add(self.usize("axis op")?),
+                1 => AxisOp::Rm(self.usize("axis op")?),
+                2 => AxisOp::Move(self.usize("axis op")?, self.usize("axis op")?),
+                3 => {
+                    let at = self.usize("reshape")?;
+                    let dims = |v: Vec<usize>| v.into_iter().map(|d| d.to_dim()).collect();
+                    AxisOp::Reshape(at, dims(self.usizes("reshape")?), dims(self.usizes("reshape")?))
+                }
+                i => return Err(unknown("axis op", i)),
+            }),
+            CONCAT => Box::new(TypedConcat { axis: self.usize("Concat")? }),
+            GATHER => Box::new(Gather::new(self.usize("Gather")?)),
+            _ => return Err(unknown("op tag", tag)),
+        })
+    }
+}
