@@ -22,10 +22,17 @@ shape=$(python3 -c "import json;p=json.load(open('$bundle/manifest.json'))['prep
 layers=$(python3 -c "import json;print(','.join(json.load(open('$bundle/manifest.json')).get('layers',['features'])))")
 # onnxruntime gets the graph pruned to the feature layers, as tract prunes it.
 onnx=$(mktemp --suffix .onnx)
-trap 'rm -f "$input" "$out" "$onnx"' EXIT
+compiled=$(mktemp --suffix .compiled)
+trap 'rm -f "$input" "$out" "$onnx" "$compiled"' EXIT
+# The compiled backbone a device boots from after its first load of the
+# bundle (none on a CPU the project's kernels do not serve).
+compiled_arg=()
+if cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --compile "$compiled" >&2; then
+  compiled_arg=(--compiled "$compiled")
+fi
 "$py" bench/prune_onnx.py "$bundle/backbone.onnx" "$onnx" "$layers"
 for r in $(seq "$rounds"); do
-  cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" >> "$out"
+  cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" "${compiled_arg[@]}" >> "$out"
   "$py" bench/ort_latency.py --onnx "$onnx" --input "$input" --shape "$shape" --runs "$runs" --outputs "$layers" >> "$out"
   # tract's default channel-first layout, to show what the channel-last rewrite buys.
   GAUSSEDGE_TRACT_NCHW=1 cargo bench --locked -q -p gaussedge-device --bench latency -- --bundle "$bundle" --runs "$runs" --input "$input" | sed 's/"impl":"tract"/"impl":"tract-nchw"/' >> "$out"
@@ -87,11 +94,17 @@ frame = lambda k: ratio([{"x": a[k]} for a in t], [{"x": a["backbone_us"]} for a
 learn_max = f", the flushing one {m(t,'head_learn_max_us'):.0f} µs" if "head_learn_max_us" in t[0] else ""
 print(f"| head learn (K = 64), mean per sample{learn_max} | {m(t,'head_learn_us'):.1f} µs | the backbone | {frame('head_learn_us')} of a frame |")
 print(f"| head predict + novelty (K = 64) | {m(t,'head_predict_us'):.1f} µs | the backbone | {frame('head_predict_us')} of a frame |")
-print(f"| model load | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {ratio(t, o, 'load_ms')} |")
+print(f"| model load, from the ONNX (a bundle's first boot) | {m(t,'load_ms'):.0f} ms | {m(o,'load_ms'):.0f} ms | {ratio(t, o, 'load_ms')} |")
+if t[0].get("load_compiled_ms") is not None:
+    print(f"| model load, from the compiled graph (every later boot) | {m(t,'load_compiled_ms'):.1f} ms | {m(o,'load_ms'):.0f} ms | {ratio([{'x': r['load_compiled_ms']} for r in t], [{'x': r['load_ms']} for r in o], 'x')} |")
 print(f"| peak RSS (process, head K = 64 included for tract) | {m(t,'peak_rss_mib'):.0f} MiB | {m(o,'peak_rss_mib'):.0f} MiB | {m(t,'peak_rss_mib')/m(o,'peak_rss_mib'):.2f} |")
 stages = t[0].get("load_stages_ms", {})
 if stages:
     parts = ", ".join(f"{k} {statistics.median(r['load_stages_ms'][k] for r in t):.0f}" for k in stages)
     print(f"\nmodel load by stage (ms, medians): {parts}")
+cstages = t[0].get("load_compiled_stages_ms") or {}
+if cstages:
+    parts = ", ".join(f"{k} {statistics.median(r['load_compiled_stages_ms'][k] for r in t):.1f}" for k in cstages)
+    print(f"model load from the compiled graph by stage (ms, medians): {parts}")
 print(f"\nhead fixed footprint at K = 64: {t[0]['head_bytes']/2**20:.2f} MiB")
 PY

@@ -15,10 +15,13 @@
 //! and CPU that wrote them ([`fingerprint`]), and end in a CRC-32 over all
 //! of it; anything that does not match is a typed [`CompiledError`], and
 //! the caller loads the ONNX again (and may write fresh bytes). The op
-//! set is the one a rewritten EfficientNet holds: the project's ops and
-//! the handful of tract's around them. A graph with any other op (tract's
-//! own convolutions, on a CPU the project's kernels do not serve, or a
-//! foreign backbone) is not written, and loads from its ONNX every time.
+//! set is the one a rewritten EfficientNet holds, the project's ops and
+//! the handful of tract's around them, and tract's `Conv` for foreign
+//! backbones the rewrites leave alone. A graph with any other op is not
+//! written, and loads from its ONNX every time: notably on a CPU the
+//! project's kernels do not serve (aarch64), where tract's layout pass
+//! lowers depthwise convolutions to its `DepthWise` op, whose fields are
+//! private to tract.
 //!
 //! Layout, all integers little-endian: the magic `GEBBCMP1`, the
 //! fingerprint, the source SHA-256, the input shape (4 x u64), the layers,
@@ -32,9 +35,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::{Gather, TypedConcat};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
-use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_hir::internal::DimLike;
 
@@ -228,11 +232,14 @@ const REDUCE: u8 = 9;
 const AXIS: u8 = 10;
 const CONCAT: u8 = 11;
 const GATHER: u8 = 12;
+const CONV: u8 = 13;
 
 /// The element-wise and binary ops the format knows, by tract's name.
 const ELEMENT_WISE_OPS: [&str; 2] = ["Sigmoid", "Silu"];
 const BINARY_OPS: [&str; 6] = ["Add", "Sub", "Mul", "Div", "Max", "Min"];
 const REDUCERS: [Reducer; 5] = [Reducer::Sum, Reducer::Max, Reducer::Min, Reducer::Prod, Reducer::MeanOfSquares];
+const DATA_FORMATS: [DataFormat; 4] = [DataFormat::NCHW, DataFormat::NHWC, DataFormat::CHW, DataFormat::HWC];
+const KERNEL_FORMATS: [KernelFormat; 3] = [KernelFormat::OIHW, KernelFormat::HWIO, KernelFormat::OHWI];
 const DATUMS: [DatumType; 5] = [DatumType::F32, DatumType::I64, DatumType::I32, DatumType::U8, DatumType::Bool];
 
 struct Writer(Vec<u8>);
@@ -373,6 +380,43 @@ impl Writer {
         } else if let Some(c) = op.downcast_ref::<TypedConcat>() {
             self.u8(CONCAT);
             self.usize(c.axis);
+        } else if let Some(c) = op.downcast_ref::<Conv>() {
+            // tract's own convolution: what a CPU the project's kernels do
+            // not serve runs (the aarch64 build), its weights and bias
+            // constant inputs.
+            if c.q_params.is_some() {
+                return Err("a quantised Conv".into());
+            }
+            let p = &c.pool_spec;
+            let format = DATA_FORMATS.iter().position(|f| *f == p.data_format).ok_or("a Conv's data format")?;
+            let kernel = KERNEL_FORMATS.iter().position(|f| *f == c.kernel_fmt).ok_or("a Conv's kernel format")?;
+            self.u8(CONV);
+            self.u8(format as u8);
+            self.u8(kernel as u8);
+            self.usize(c.group);
+            self.usizes(&p.kernel_shape);
+            match &p.padding {
+                PaddingSpec::Explicit(before, after) => {
+                    self.u8(0);
+                    self.usizes(before);
+                    self.usizes(after);
+                }
+                PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
+                    self.u8(1);
+                    self.usizes(before);
+                    self.usizes(after);
+                    self.u8(*ceil as u8);
+                }
+                PaddingSpec::Valid => self.u8(2),
+                PaddingSpec::SameUpper => self.u8(3),
+                PaddingSpec::SameLower => self.u8(4),
+            }
+            for v in [&p.dilations, &p.strides] {
+                self.u8(v.is_some() as u8);
+                self.usizes(v.as_deref().unwrap_or_default());
+            }
+            self.usize(p.input_channels);
+            self.usize(p.output_channels);
         } else if let Some(g) = op.downcast_ref::<Gather>() {
             if g.output_type.is_some() {
                 return Err("a Gather with an output type".into());
@@ -566,7 +610,97 @@ impl<'a> Reader<'a> {
             }),
             CONCAT => Box::new(TypedConcat { axis: self.usize("Concat")? }),
             GATHER => Box::new(Gather::new(self.usize("Gather")?)),
+            CONV => {
+                let w = "Conv";
+                let f = self.u8(w)?;
+                let data_format = *DATA_FORMATS.get(f as usize).ok_or_else(|| unknown("data format", f))?;
+                let k = self.u8(w)?;
+                let kernel_fmt = *KERNEL_FORMATS.get(k as usize).ok_or_else(|| unknown("kernel format", k))?;
+                let group = self.usize(w)?;
+                let kernel_shape = self.usizes(w)?.into();
+                let padding = match self.u8(w)? {
+                    0 => PaddingSpec::Explicit(self.usizes(w)?.into(), self.usizes(w)?.into()),
+                    1 => PaddingSpec::ExplicitOnnxPool(self.usizes(w)?.into(), self.usizes(w)?.into(), self.bool(w)?),
+                    2 => PaddingSpec::Valid,
+                    3 => PaddingSpec::SameUpper,
+                    4 => PaddingSpec::SameLower,
+                    i => return Err(unknown("padding", i)),
+                };
+                let mut optional = || -> Result<Option<TVec<usize>>, CompiledError> {
+                    let some = self.bool(w)?;
+                    let v = self.usizes(w)?;
+                    Ok(some.then(|| v.into()))
+                };
+                let (dilations, strides) = (optional()?, optional()?);
+                let (input_channels, output_channels) = (self.usize(w)?, self.usize(w)?);
+                let pool_spec = PoolSpec {
+                    data_format,
+                    kernel_shape,
+                    padding,
+                    dilations,
+                    strides,
+                    input_channels,
+                    output_channels,
+                };
+                Box::new(Conv { pool_spec, kernel_fmt, group, q_params: None })
+            }
             _ => return Err(unknown("op tag", tag)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::math;
+
+    fn key() -> Key<'static, &'static str> {
+        Key { source: [7; 32], input_shape: [1, 2, 3, 4], layers: &["out"] }
+    }
+
+    /// Every tract op the format stores, on a small graph: read back, it
+    /// computes what it did.
+    #[test]
+    fn tracts_ops_round_trip() {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
+        let c = m.add_const("c", Tensor::from_shape(&[1, 2, 1, 1], &[0.5f32, -2.0]).unwrap()).unwrap();
+        let mut w = m.wire_node("mul", math::mul(), &[x, c]).unwrap();
+        w = m.wire_node("sig", tract_onnx::tract_core::ops::nn::sigmoid(), &w).unwrap();
+        w = m.wire_node("silu", tract_onnx::tract_core::ops::nn::silu::silu(), &w).unwrap();
+        w = m.wire_node("move", AxisOp::Move(1, 3), &w).unwrap();
+        let max = m.wire_node("max", Reduce::new(tvec![1], Reducer::Max), &w).unwrap();
+        let sum = m.wire_node("sum", Reduce::new(tvec![1], Reducer::Sum), &w).unwrap();
+        let both = m.wire_node("cat", TypedConcat { axis: 1 }, &[max[0], sum[0]]).unwrap();
+        let flat = m
+            .wire_node("reshape", AxisOp::Reshape(1, tvec![2.to_dim(), 4.to_dim()], tvec![8.to_dim()]), &both)
+            .unwrap();
+        let prod = m.wire_node("prod", Reduce::new(tvec![2], Reducer::Prod), &flat).unwrap();
+        let rm = m.wire_node("rm", AxisOp::Rm(2), &prod).unwrap();
+        let idx = m.add_const("idx", tensor1(&[3i64, 0, 1])).unwrap();
+        let out = m.wire_node("gather", Gather::new(1), &[rm[0], idx]).unwrap();
+        m.select_output_outlets(&out).unwrap();
+        let bytes = write(&m, &key()).unwrap();
+        let back = read(&bytes, &key()).unwrap();
+        assert_eq!(back.nodes.len(), m.nodes.len());
+        let input: Vec<f32> = (0..24).map(|i| i as f32 * 0.3 - 3.0).collect();
+        let run = |m: TypedModel| {
+            let plan = m.into_runnable().unwrap();
+            let out = plan.run(tvec![Tensor::from_shape(&[1, 2, 3, 4], &input).unwrap().into()]).unwrap();
+            out[0].clone().into_tensor()
+        };
+        let (a, b) = (run(m), run(back));
+        assert_eq!(a.shape(), [1, 3]);
+        assert_eq!(a, b);
+    }
+
+    /// An op the format does not know is named, and nothing is written.
+    #[test]
+    fn an_op_it_does_not_store_is_named() {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
+        let y = m.wire_node("exp", math::exp(), &[x]).unwrap();
+        m.select_output_outlets(&y).unwrap();
+        assert_eq!(write(&m, &key()).unwrap_err(), "element-wise Exp");
     }
 }

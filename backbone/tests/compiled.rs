@@ -104,12 +104,36 @@ fn the_committed_b0_boots_from_its_compiled_graph_to_the_same_bits() {
     assert!(matches!(refusal(&resealed(count), shape, layers, source), CompiledError::Truncated(_)));
 }
 
+/// Backbones the project's writer did not make: where their rewritten
+/// graphs hold only ops the format stores (tract's own convolutions
+/// included), they compile and boot to the same bits.
 #[test]
-fn a_graph_on_tracts_own_ops_loads_but_is_not_compiled() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx/pooled4d.onnx");
-    let onnx = std::fs::read(path).unwrap();
-    let (backbone, compiled) = Backbone::load_and_compile(&onnx, [1, 3, 32, 24], &["pooled"], sha256(&onnx)).unwrap();
-    assert_eq!(backbone.dim(), 12);
-    let why = compiled.expect_err("not compiled");
-    assert!(why.contains("which compiled backbones do not store"), "{why}");
+fn foreign_backbones_compile_to_the_same_bits() {
+    let mut compiled_any = false;
+    for (name, channels, layers) in [
+        ("pooled4d", 3, vec!["pooled"]),
+        ("flat2d", 3, vec!["embedding"]),
+        ("two_outputs", 3, vec!["early", "late"]),
+        ("grey", 1, vec!["features"]),
+    ] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/onnx/{name}.onnx"));
+        let onnx = std::fs::read(path).unwrap();
+        let shape = [1, channels, 32, 24];
+        let (from_onnx, compiled) = Backbone::load_and_compile(&onnx, shape, &layers, sha256(&onnx)).unwrap();
+        let compiled = match compiled {
+            Ok(c) => c,
+            Err(why) => {
+                assert!(why.contains("which compiled backbones do not store"), "{name}: {why}");
+                continue;
+            }
+        };
+        compiled_any = true;
+        let from_bytes = Backbone::load_compiled(&compiled, shape, &layers, sha256(&onnx)).unwrap();
+        for seed in [0.0, 2.0] {
+            let x = frame(from_onnx.input_len(), seed);
+            let (a, b) = (from_onnx.features(&x).unwrap(), from_bytes.features(&x).unwrap());
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}");
+        }
+    }
+    assert!(compiled_any, "no fixture compiled");
 }

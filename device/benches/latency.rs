@@ -1,5 +1,7 @@
 //! `cargo bench -p gaussedge-device --bench latency -- --bundle DIR [--runs N] [--batch B]
-//! [--threads T] [--input FILE.f32] [--profile [--nodes [--top N]]]`
+//! [--threads T] [--input FILE.f32] [--compiled FILE] [--profile [--nodes [--top N]]]`
+//! (`-- --bundle DIR --compile FILE` writes the bundle's compiled backbone
+//! to FILE and exits)
 //!
 //! Per-image latency of the device pipeline on a bundle, stage by stage:
 //! preprocessing a raw frame, the backbone (tract, batch 1, one thread),
@@ -8,7 +10,10 @@
 //! beside onnxruntime on the same ONNX and input. With `--batch B` it times
 //! only the backbone on batches of B frames (per image), the case of a
 //! capture learned in batches. `--profile` prints a table of time per
-//! tract operator instead, `--nodes` adds the costliest nodes.
+//! tract operator instead, `--nodes` adds the costliest nodes. With
+//! `--compiled FILE` the boot is timed twice, from the compiled graph in
+//! FILE first (what a device boots from once it has one), then from the
+//! ONNX.
 
 use gaussedge_backbone::Backbone;
 use gaussedge_device::bundle::Bundle;
@@ -46,6 +51,14 @@ fn main() {
     Backbone::set_threads(threads);
     let bundle = Bundle::read(std::path::Path::new(&dir)).expect("bundle");
     let p = bundle.manifest.preprocess;
+    let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
+    let source = gaussedge_device::bundle::sha256(&bundle.onnx);
+    if let Some(path) = arg("--compile") {
+        let (_, compiled) =
+            Backbone::load_and_compile(&bundle.onnx, shape, &bundle.manifest.layers, source).expect("backbone");
+        std::fs::write(&path, compiled.expect("a compiled graph")).expect("--compile FILE");
+        return;
+    }
     if args.iter().any(|a| a == "--profile") {
         let nodes = args.iter().any(|a| a == "--nodes");
         let top = arg("--top").and_then(|n| n.parse().ok()).unwrap_or(30);
@@ -78,10 +91,22 @@ fn main() {
         );
         return;
     }
-    // Boot: the bundle's backbone loaded as the device loads it, stage by
-    // stage (where the milliseconds go).
+    // Boot from the compiled graph first, when there is one: the first load
+    // in a process pays for cold code and allocations, and the ONNX's load
+    // should not be the one that gets them for free.
+    let compiled = arg("--compiled").map(|path| {
+        let bytes = std::fs::read(path).expect("--compiled FILE (written by --compile FILE)");
+        let t = Instant::now();
+        let (_, stages) =
+            Backbone::load_compiled_profiled(&bytes, shape, &bundle.manifest.layers, source).expect("compiled");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let stages: serde_json::Map<String, serde_json::Value> =
+            stages.stages.iter().map(|(name, d)| (name.to_string(), (d.as_secs_f64() * 1e3).into())).collect();
+        (ms, stages)
+    });
+    // Boot: the bundle's backbone loaded from its ONNX, stage by stage
+    // (where the milliseconds go).
     let t = Instant::now();
-    let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
     let (backbone, stages) =
         Backbone::load_profiled(&bundle.onnx, shape, &bundle.manifest.layers, gaussedge_backbone::Rewrites::Project)
             .expect("backbone");
@@ -158,6 +183,8 @@ fn main() {
             "head_predict_us": median_us(predict),
             "load_ms": load_ms,
             "load_stages_ms": load_stages,
+            "load_compiled_ms": compiled.as_ref().map(|c| c.0),
+            "load_compiled_stages_ms": compiled.map(|c| c.1),
             "peak_rss_mib": peak_rss_kib() as f64 / 1024.0,
             "head_bytes": head.layout().bytes(),
             "input": [p.channels, p.height, p.width],
