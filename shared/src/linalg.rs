@@ -28,7 +28,9 @@
 /// kernels fix their order of operations in the source (lanes, no fused
 /// multiply-add), so both give the same bits: the wider build only packs
 /// the same additions into wider registers. The one dispatch point of this
-/// crate; builds without `std` (a microcontroller) use the portable code.
+/// crate (but for [`cholesky_in_place`], whose blocked form only pays with
+/// AVX-512's 32 registers); builds without `std` (a microcontroller) use
+/// the portable code.
 macro_rules! dispatch {
     (portable::$f:ident($($a:expr),*)) => {{
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -110,12 +112,23 @@ mod wide {
     wrap! {
         fn dot(a: &[f64], b: &[f64]) -> f64;
         fn syr_batch(p: &mut [f64], alphas: &[f64], xs: &[f64]);
-        fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite>;
+        fn cholesky_rows(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite>;
         fn forward_solve(l: &[f64], b: &mut [f64]);
         fn forward_solve_batch(l: &[f64], bs: &mut [f64], d: usize);
         fn forward_solve_batch_f32(l: &[f32], bs: &mut [f64], d: usize);
         fn backward_solve(l: &[f64], y: &mut [f64]);
         fn whitened_norm_sq_f32(l: &[f32], v: &mut [f64]) -> f64;
+    }
+
+    /// The blocked factorisation, built for AVX-512 only: see
+    /// [`super::cholesky_in_place`] for why the other builds go row by row.
+    pub mod avx512_blocked {
+        use super::super::{portable, NotPositiveDefinite};
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
+            portable::cholesky_in_place(p, d)
+        }
     }
 }
 
@@ -123,7 +136,7 @@ mod wide {
 /// run-time detection run. Public so tests can hold the dispatched kernels
 /// to them bit for bit.
 pub mod portable {
-    use super::{row_start, tri_len, NotPositiveDefinite, LANES};
+    use super::{row_start, tri_len, NotPositiveDefinite, CHOLESKY_ROWS, LANES};
 
     /// See [`super::dot`].
     #[inline(always)]
@@ -214,9 +227,65 @@ pub mod portable {
         }
     }
 
-    /// See [`super::cholesky_in_place`].
+    /// See [`super::cholesky_in_place`]. Rows go in blocks of
+    /// [`CHOLESKY_ROWS`]: each finished row `j` left of a block is read
+    /// once for the whole block (its dot products with the block's rows run
+    /// side by side, [`dot_rows`]), rather than once per row. Each value is
+    /// still `(a_ij - dot(l_i[..j], l_j[..j])) / l_jj` with the dot product
+    /// in [`dot`]'s order, so the factor is the same bits as row by row
+    /// ([`super::cholesky_rows`], which the tests hold it to).
     #[inline(always)]
     pub fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
+        debug_assert_eq!(p.len(), tri_len(d));
+        const R: usize = CHOLESKY_ROWS;
+        let mut i0 = 0;
+        while i0 < d {
+            let rows = R.min(d - i0);
+            let mut first = 0;
+            if rows == R {
+                let (done, rest) = p.split_at_mut(row_start(i0));
+                // The block's rows, each `i + 1` long, one after another.
+                let (r0, rest) = rest.split_at_mut(i0 + 1);
+                let (r1, rest) = rest.split_at_mut(i0 + 2);
+                let (r2, rest) = rest.split_at_mut(i0 + 3);
+                let r3 = &mut rest[..i0 + 4];
+                for j in 0..i0 {
+                    let rj = row_start(j);
+                    let row_j = &done[rj..rj + j + 1];
+                    let s = dot_rows([&r0[..j], &r1[..j], &r2[..j], &r3[..j]], &row_j[..j]);
+                    r0[j] = (r0[j] - s[0]) / row_j[j];
+                    r1[j] = (r1[j] - s[1]) / row_j[j];
+                    r2[j] = (r2[j] - s[2]) / row_j[j];
+                    r3[j] = (r3[j] - s[3]) / row_j[j];
+                }
+                first = i0;
+            }
+            // The block's own triangle and pivots, row by row (and the last
+            // rows, fewer than a block, whole).
+            for i in i0..i0 + rows {
+                let ri = row_start(i);
+                let (done, rest) = p.split_at_mut(ri);
+                let row_i = &mut rest[..=i];
+                for j in first..i {
+                    let rj = row_start(j);
+                    let row_j = &done[rj..rj + j + 1];
+                    let s = row_i[j] - dot(&row_i[..j], &row_j[..j]);
+                    row_i[j] = s / row_j[j];
+                }
+                let pivot = row_i[i] - dot(&row_i[..i], &row_i[..i]);
+                if !pivot.is_finite() || pivot <= 0.0 {
+                    return Err(NotPositiveDefinite { row: i, pivot });
+                }
+                row_i[i] = libm::sqrt(pivot);
+            }
+            i0 += rows;
+        }
+        Ok(())
+    }
+
+    /// See [`super::cholesky_rows`].
+    #[inline(always)]
+    pub fn cholesky_rows(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
         debug_assert_eq!(p.len(), tri_len(d));
         for i in 0..d {
             let ri = row_start(i);
@@ -237,6 +306,47 @@ pub mod portable {
             row_i[i] = libm::sqrt(pivot);
         }
         Ok(())
+    }
+
+    /// [`CHOLESKY_ROWS`] dot products of `a[r]` with one `b`, each in
+    /// exactly [`dot_lanes`]'s order: `b` is loaded once for all of them.
+    #[inline(always)]
+    fn dot_rows(a: [&[f64]; CHOLESKY_ROWS], b: &[f64]) -> [f64; CHOLESKY_ROWS] {
+        let n = b.len();
+        let [a0, a1, a2, a3] = a.map(|r| &r[..n]);
+        let (mut s0, mut s1, mut s2, mut s3) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+        let chunks = b
+            .chunks_exact(LANES)
+            .zip(a0.chunks_exact(LANES))
+            .zip(a1.chunks_exact(LANES))
+            .zip(a2.chunks_exact(LANES))
+            .zip(a3.chunks_exact(LANES));
+        for ((((y, x0), x1), x2), x3) in chunks {
+            // Index loops over fixed-size arrays, as in `dot_lanes`: the
+            // four accumulators stay in registers.
+            for l in 0..LANES {
+                s0[l] += x0[l] * y[l];
+                s1[l] += x1[l] * y[l];
+                s2[l] += x2[l] * y[l];
+                s3[l] += x3[l] * y[l];
+            }
+        }
+        let full = n / LANES * LANES;
+        let finish = |acc: &mut [f64; LANES], x: &[f64]| {
+            let mut tail = 0.0;
+            for (x, y) in x[full..].iter().zip(&b[full..]) {
+                tail += x * y;
+            }
+            let mut width = LANES / 2;
+            while width > 0 {
+                for l in 0..width {
+                    acc[l] += acc[l + width];
+                }
+                width /= 2;
+            }
+            acc[0] + tail
+        };
+        [finish(&mut s0, a0), finish(&mut s1, a1), finish(&mut s2, a2), finish(&mut s3, a3)]
     }
 
     /// See [`super::forward_solve`].
@@ -338,6 +448,12 @@ pub fn sym_get(p: &[f64], i: usize, j: usize) -> f64 {
 /// The order is part of the result: every ISA gives the same bits.
 pub const LANES: usize = 16;
 
+/// Rows the factorisation takes together: each finished row is streamed
+/// from memory once per block of this many later rows. At D = 1808 the
+/// factor is 13 MB, beyond the caches, and row by row the factorisation was
+/// most of a device's boot.
+pub const CHOLESKY_ROWS: usize = 4;
+
 /// Dot product in [`LANES`] fixed lanes (see there): the same bits on
 /// every CPU, vectorised where the CPU allows.
 #[inline]
@@ -416,8 +532,29 @@ pub struct NotPositiveDefinite {
 /// (Cholesky-Banachiewicz, row by row). On success `p` holds `L`. On error
 /// `p` is left partly overwritten: callers that must stay atomic factor a
 /// copy, or can rebuild it (the head refactors from its committed scatter).
+///
+/// With AVX-512 the rows go in blocks ([`portable::cholesky_in_place`]:
+/// 1.4x faster at D = 1808, `cargo bench -p gaussedge-shared --bench
+/// cholesky`); a block's accumulators fill 16 of its 32 vector registers.
+/// With 16 registers (AVX2) or SSE2's they spill, and the SSE2 build
+/// measured 0.97x of row by row, so every other CPU runs
+/// [`cholesky_rows`]. Both give the same bits.
 pub fn cholesky_in_place(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
-    dispatch!(portable::cholesky_in_place(p, d))
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[allow(unsafe_code)]
+    if isa::avx512() {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { wide::avx512_blocked::cholesky_in_place(p, d) };
+    }
+    cholesky_rows(p, d)
+}
+
+/// [`cholesky_in_place`] row by row (Cholesky-Banachiewicz), every
+/// finished row streamed once per later row: the same bits, slower. The
+/// reference the blocked factorisation is tested against and the peer its
+/// benchmark (`cargo bench -p gaussedge-shared --bench cholesky`) runs.
+pub fn cholesky_rows(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
+    dispatch!(portable::cholesky_rows(p, d))
 }
 
 /// Solves `L y = b` in place (`b` becomes `y`) for a packed lower factor.
@@ -540,6 +677,27 @@ mod tests {
             let want = a.clone().cholesky().unwrap().solve(&nalgebra::DVector::from_vec(b));
             for i in 0..d {
                 assert!((x[i] - want[i]).abs() <= 1e-8 * (1.0 + want[i].abs()));
+            }
+        }
+    }
+
+    /// The blocked factorisation is the row-by-row one, bit for bit, at
+    /// sizes around the block and lane widths; and so are its failures.
+    #[test]
+    fn blocked_cholesky_is_the_row_by_row_one() {
+        for d in [1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 64, 65, 130] {
+            let mut blocked = dense_to_packed(&spd(d, 7 + d as u64));
+            let mut rows = blocked.clone();
+            cholesky_in_place(&mut blocked, d).unwrap();
+            cholesky_rows(&mut rows, d).unwrap();
+            assert!(blocked.iter().zip(&rows).all(|(a, b)| a.to_bits() == b.to_bits()), "d={d}");
+            // A matrix that fails at row k fails there in both.
+            for k in [0, d / 2, d - 1] {
+                let mut bad = dense_to_packed(&spd(d, 9));
+                bad[row_start(k) + k] = -1.0;
+                let mut again = bad.clone();
+                let (a, b) = (cholesky_in_place(&mut bad, d).unwrap_err(), cholesky_rows(&mut again, d).unwrap_err());
+                assert_eq!((a.row, a.pivot.to_bits()), (b.row, b.pivot.to_bits()), "d={d} k={k}");
             }
         }
     }
