@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # EfficientNet-b0 training and forward throughput: gaussedge's tch trainer
 # against PyTorch eager (torchvision) on the same batch size, input size and
-# thread count, interleaved in one run. Prints a markdown table.
+# thread count, each in both memory layouts (NCHW, and channels-last, the
+# trainer's CPU default), interleaved in one run. Prints a markdown table:
+# medians over rounds, and per-round ratios to PyTorch eager as it runs by
+# default (NCHW), median and range.
 #   bench/train-throughput.sh [--size 64] [--batch 64] [--steps 10] [--threads 1] [--rounds 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,19 +22,31 @@ py=$(bench/setup-python.sh)
 args=(--size "$size" --batch "$batch" --steps "$steps" --threads "$threads")
 out=$(mktemp)
 for r in $(seq "$rounds"); do
-  target/release/gaussedge bench-train "${args[@]}" >> "$out"
+  target/release/gaussedge bench-train "${args[@]}" --memory-format channels-last >> "$out"
+  target/release/gaussedge bench-train "${args[@]}" --memory-format contiguous >> "$out"
   "$py" bench/torch_throughput.py "${args[@]}" >> "$out"
+  "$py" bench/torch_throughput.py "${args[@]}" --channels-last >> "$out"
 done
 "$py" - "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-def med(impl, key):
-    return statistics.median(r[key] for r in rows if r["impl"] == impl)
+key = lambda r: r["impl"] + ("-cl" if r.get("memory_format") == "channels-last" else "")
+runs = {}
+for r in rows:
+    runs.setdefault(key(r), []).append(r)
+peer = runs["pytorch"]
 r0 = rows[0]
-print(f"EfficientNet-b0, {r0['size']}x{r0['size']}, batch {r0['batch']}, {r0['threads']} thread(s), median of {len(rows)//2} interleaved rounds\n")
-print("| images/s | gaussedge (tch) | PyTorch eager | ratio tch / PyTorch |")
-print("| --- | --- | --- | --- |")
-for key, name in [("train_img_s", "train step"), ("forward_img_s", "forward (eval)")]:
-    a, b = med("tch", key), med("pytorch", key)
-    print(f"| {name} | {a:.1f} | {b:.1f} | {a/b:.2f} |")
+print(f"EfficientNet-b0, {r0['size']}x{r0['size']}, batch {r0['batch']}, {r0['threads']} thread(s), {len(peer)} interleaved rounds; ratio: per round, to PyTorch eager in NCHW (median, range)\n")
+print("| images/s | train step | ratio | forward (eval) | ratio |")
+print("| --- | --- | --- | --- | --- |")
+names = [("tch-cl", "gaussedge (tch), channels-last (the trainer's CPU default)"), ("tch", "gaussedge (tch), NCHW"),
+         ("pytorch", "PyTorch eager, NCHW"), ("pytorch-cl", "PyTorch eager, channels-last")]
+def ratio(rs, k):
+    v = sorted(a[k] / b[k] for a, b in zip(rs, peer))
+    return f"{statistics.median(v):.2f} ({v[0]:.2f}-{v[-1]:.2f})"
+for k, name in names:
+    rs = runs.get(k, [])
+    if rs:
+        med = lambda f: statistics.median(r[f] for r in rs)
+        print(f"| {name} | {med('train_img_s'):.1f} | {ratio(rs, 'train_img_s')} | {med('forward_img_s'):.1f} | {ratio(rs, 'forward_img_s')} |")
 PY

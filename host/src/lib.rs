@@ -12,6 +12,8 @@ pub mod demo;
 pub mod eval;
 pub mod fit;
 pub mod fleet;
+#[cfg(feature = "train")]
+pub mod layout;
 pub mod merge;
 #[cfg(feature = "train")]
 pub mod net;

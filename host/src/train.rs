@@ -4,6 +4,7 @@
 
 use crate::arch::{Arch, ArchConfig};
 use crate::data::{self, Dataset, DatasetKind, Split};
+use crate::layout::MemoryFormat;
 use crate::net::EfficientNet;
 use crate::onnx::Weights;
 use crate::parity::weights_of;
@@ -201,6 +202,9 @@ pub struct EpochMetrics {
     pub val_accuracy: f64,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// The layout the epoch ran in (absent in runs from before the choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_format: Option<MemoryFormat>,
 }
 
 /// What is saved next to the weights after every epoch.
@@ -230,6 +234,9 @@ pub struct TrainJob {
     /// The checkpoint folder `recipe.warm_start` names (needed only when the
     /// run starts, not when it resumes).
     pub init_from: Option<PathBuf>,
+    /// How the convolution kernels and image batches lie in memory: an
+    /// execution choice like the thread count, not part of the recipe.
+    pub memory_format: MemoryFormat,
 }
 
 pub struct Trained {
@@ -431,6 +438,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         vs.load(&from).with_context(|| format!("loading {}", from.display()))?;
         eprintln!("starting from {} (after its epoch {})", from.display(), warm.after_epochs);
     }
+    job.memory_format.apply_to(&vs);
     let mut opt = match recipe.optimizer {
         OptimizerKind::Adamw => {
             nn::AdamW { beta1: 0.9, beta2: 0.999, wd: recipe.weight_decay, eps: 1e-8, amsgrad: false }
@@ -472,6 +480,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
             } else {
                 (xs, ys.to_device(job.device))
             };
+            let xs = job.memory_format.apply(&xs);
             lr = recipe.lr_at(epoch * steps_per_epoch + step, steps_per_epoch);
             opt.set_lr(lr);
             let logits = net.logits_t(&xs, true);
@@ -504,6 +513,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
             val_accuracy,
             seconds,
             images_per_second: seen as f64 / seconds,
+            memory_format: Some(job.memory_format),
         };
         eprintln!(
             "epoch {}/{}: loss {:.4} train {:.4} val {:.4} ({:.0} s, {:.1} img/s)",
@@ -514,7 +524,7 @@ pub fn train(job: &TrainJob) -> Result<Trained> {
         // Weights first, then the state that points at them: a crash between
         // the two repeats at most one epoch.
         let tmp = crate::util::temp_beside(&weights_path, ".safetensors")?;
-        vs.save(tmp.path())?;
+        crate::layout::save(&vs, tmp.path())?;
         crate::util::persist(tmp, &weights_path)?;
         write_atomic(&state_path, &serde_json::to_vec_pretty(&state)?)?;
     }

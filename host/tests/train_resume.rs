@@ -5,6 +5,7 @@
 
 use gaussedge_host::arch::ArchConfig;
 use gaussedge_host::data::DatasetKind;
+use gaussedge_host::layout::MemoryFormat;
 use gaussedge_host::randaugment::RandAugment;
 use gaussedge_host::train::{load_checkpoint, train, warm_start_of, Recipe, TrainJob, WarmStart};
 
@@ -36,6 +37,7 @@ fn job(data: &std::path::Path, ckpt: &std::path::Path, epochs: usize, resume: bo
         limit_per_class: None,
         progress: false,
         init_from: None,
+        memory_format: MemoryFormat::ChannelsLast,
     }
 }
 
