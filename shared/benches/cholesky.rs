@@ -12,6 +12,10 @@ use gaussedge_shared::linalg::{self, row_start, tri_len};
 use std::hint::black_box;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::flush;
+
 fn arg(name: &str) -> Option<usize> {
     std::env::args().skip_while(|a| a != name).nth(1).and_then(|v| v.parse().ok())
 }
@@ -71,15 +75,4 @@ fn main() {
     );
     println!("| row by row (before) | {:.1} ms | {} |", med(&rows), ratio(&rows));
     println!("| nalgebra, dense | {:.1} ms | {} |", med(&peer), ratio(&peer));
-}
-
-/// Writes one byte of every cache line of `evict`, so no call starts with
-/// the matrix in the caches.
-fn flush(evict: &mut [u8]) {
-    let mut s = 0u64;
-    for c in evict.chunks_mut(64) {
-        c[0] = c[0].wrapping_add(1);
-        s += c[0] as u64;
-    }
-    black_box(s);
 }

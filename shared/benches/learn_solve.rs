@@ -15,6 +15,10 @@ use gaussedge_shared::linalg::{self, tri_len};
 use std::hint::black_box;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::flush;
+
 const DIM: usize = 1808;
 
 fn main() {
@@ -66,17 +70,6 @@ fn per_sample(evict: &mut [u8], rhs: &[f64], solve: impl Fn(&mut [f64])) -> f64 
     let s = t.elapsed().as_secs_f64() / PENDING as f64;
     black_box(&b);
     s
-}
-
-/// Writes one byte of every cache line of `evict`: what a frame through
-/// the backbone does to the caches between two learned samples.
-fn flush(evict: &mut [u8]) {
-    let mut s = 0u64;
-    for c in evict.chunks_mut(64) {
-        c[0] = c[0].wrapping_add(1);
-        s += c[0] as u64;
-    }
-    black_box(s);
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -263,20 +263,7 @@ pub mod portable {
             // The block's own triangle and pivots, row by row (and the last
             // rows, fewer than a block, whole).
             for i in i0..i0 + rows {
-                let ri = row_start(i);
-                let (done, rest) = p.split_at_mut(ri);
-                let row_i = &mut rest[..=i];
-                for j in first..i {
-                    let rj = row_start(j);
-                    let row_j = &done[rj..rj + j + 1];
-                    let s = row_i[j] - dot(&row_i[..j], &row_j[..j]);
-                    row_i[j] = s / row_j[j];
-                }
-                let pivot = row_i[i] - dot(&row_i[..i], &row_i[..i]);
-                if !pivot.is_finite() || pivot <= 0.0 {
-                    return Err(NotPositiveDefinite { row: i, pivot });
-                }
-                row_i[i] = libm::sqrt(pivot);
+                finish_row(p, i, first)?;
             }
             i0 += rows;
         }
@@ -288,23 +275,31 @@ pub mod portable {
     pub fn cholesky_rows(p: &mut [f64], d: usize) -> Result<(), NotPositiveDefinite> {
         debug_assert_eq!(p.len(), tri_len(d));
         for i in 0..d {
-            let ri = row_start(i);
-            // Split so that rows j < i (already factored) can be read while
-            // row i is written.
-            let (done, rest) = p.split_at_mut(ri);
-            let row_i = &mut rest[..=i];
-            for j in 0..i {
-                let rj = row_start(j);
-                let row_j = &done[rj..rj + j + 1];
-                let s = row_i[j] - dot(&row_i[..j], &row_j[..j]);
-                row_i[j] = s / row_j[j];
-            }
-            let pivot = row_i[i] - dot(&row_i[..i], &row_i[..i]);
-            if !pivot.is_finite() || pivot <= 0.0 {
-                return Err(NotPositiveDefinite { row: i, pivot });
-            }
-            row_i[i] = libm::sqrt(pivot);
+            finish_row(p, i, 0)?;
         }
+        Ok(())
+    }
+
+    /// Row `i` of the factor from column `first` on (the columns before it
+    /// are done), then its pivot: each value `(a_ij - dot(l_i[..j],
+    /// l_j[..j])) / l_jj`, the pivot `sqrt(a_ii - dot(l_i, l_i))`.
+    #[inline(always)]
+    fn finish_row(p: &mut [f64], i: usize, first: usize) -> Result<(), NotPositiveDefinite> {
+        // Split so that rows j < i (already factored) can be read while
+        // row i is written.
+        let (done, rest) = p.split_at_mut(row_start(i));
+        let row_i = &mut rest[..=i];
+        for j in first..i {
+            let rj = row_start(j);
+            let row_j = &done[rj..rj + j + 1];
+            let s = row_i[j] - dot(&row_i[..j], &row_j[..j]);
+            row_i[j] = s / row_j[j];
+        }
+        let pivot = row_i[i] - dot(&row_i[..i], &row_i[..i]);
+        if !pivot.is_finite() || pivot <= 0.0 {
+            return Err(NotPositiveDefinite { row: i, pivot });
+        }
+        row_i[i] = libm::sqrt(pivot);
         Ok(())
     }
 
