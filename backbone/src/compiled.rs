@@ -191,8 +191,18 @@ pub(crate) fn read<S: AsRef<str>>(bytes: &[u8], key: &Key<S>) -> Result<TypedMod
         }
         let op = r.op()?;
         let wired = if let Some(source) = op.downcast_ref::<TypedSource>() {
+            // The key's shape was checked above; a source of another shape
+            // would size every buffer from the file instead.
+            if source.fact.shape.as_concrete() != Some(&key.input_shape[..]) {
+                return Err(CompiledError::Wire(format!("source {name} is not shaped {:?}", key.input_shape)));
+            }
             tvec![model.add_source(&name, source.fact.clone()).map_err(wire)?]
         } else {
+            if let Some(d) = op.downcast_ref::<DepthwiseNhwc>() {
+                let input = inputs.first().map(|i| model.outlet_fact(*i)).transpose().map_err(wire)?;
+                let plane = input.and_then(|f| f.shape.as_concrete()).map(|s| [s[s.len() - 3], s[s.len() - 2]]);
+                depthwise_fits(d, plane).map_err(CompiledError::Wire)?;
+            }
             model.wire_node(&name, op, &inputs).map_err(wire)?
         };
         outlets.push(wired);
@@ -212,6 +222,29 @@ pub(crate) fn read<S: AsRef<str>>(bytes: &[u8], key: &Key<S>) -> Result<TypedMod
     }
     model.select_output_outlets(&outputs).map_err(wire)?;
     Ok(model)
+}
+
+/// Whether a depthwise op's geometry is one the rewrite could have made for
+/// an input plane of `plane` (height, width): its kernel loop keeps the
+/// taps in a fixed array, and its output size sets what a frame allocates.
+fn depthwise_fits(d: &DepthwiseNhwc, plane: Option<[usize; 2]>) -> Result<(), String> {
+    let Some(plane) = plane else { return Err("DepthwiseNhwc on an input of unknown shape".into()) };
+    let taps = d.kernel[0] * d.kernel[1];
+    let fits = (1..=crate::ops::depthwise::MAX_TAPS).contains(&taps)
+        && (0..2).all(|a| {
+            d.stride[a] > 0
+                && d.pad_before[a] < d.kernel[a]
+                && d.output[a] > 0
+                && (d.output[a] - 1) * d.stride[a] < plane[a] + 2 * d.pad_before[a]
+        });
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "DepthwiseNhwc kernel {:?} stride {:?} pad {:?} output {:?} on a {plane:?} plane",
+            d.kernel, d.stride, d.pad_before, d.output
+        ))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -692,6 +725,41 @@ mod tests {
         let (a, b) = (run(m), run(back));
         assert_eq!(a.shape(), [1, 3]);
         assert_eq!(a, b);
+    }
+
+    fn depthwise(kernel: usize, output: usize) -> TypedModel {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
+        let taps = kernel * kernel;
+        let op = DepthwiseNhwc {
+            kernel: [kernel; 2],
+            stride: [1; 2],
+            pad_before: [kernel / 2; 2],
+            output: [output, 3],
+            weights: Arc::new(Tensor::from_shape(&[taps, 4], &vec![0.5f32; taps * 4]).unwrap()),
+            bias: Arc::new(tensor1(&[0f32; 4])),
+        };
+        let y = m.wire_node("dw", op, &[x]).unwrap();
+        m.select_output_outlets(&y).unwrap();
+        m
+    }
+
+    /// Bytes with a valid CRC are still held to what the rewrites could
+    /// have made: the source has the key's shape, and a depthwise op fits
+    /// its kernel loop and its input plane.
+    #[test]
+    fn crafted_geometry_is_refused() {
+        assert!(read(&write(&depthwise(3, 2), &key()).unwrap(), &key()).is_ok());
+        for (kernel, output) in [(8, 2), (3, 1000)] {
+            let e = read(&write(&depthwise(kernel, output), &key()).unwrap(), &key()).unwrap_err();
+            assert!(matches!(&e, CompiledError::Wire(w) if w.contains("DepthwiseNhwc kernel")), "{e:?}");
+        }
+        let other = Key { source: [7; 32], input_shape: [1, 2, 3, 5], layers: &["out"] };
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
+        m.select_output_outlets(&[x]).unwrap();
+        let e = read(&write(&m, &other).unwrap(), &other).unwrap_err();
+        assert!(matches!(&e, CompiledError::Wire(w) if w.contains("is not shaped")), "{e:?}");
     }
 
     /// An op the format does not know is named, and nothing is written.

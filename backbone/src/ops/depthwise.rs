@@ -26,7 +26,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Taps per pixel the op takes (a 7x7 kernel); larger kernels stay with
 /// tract, whose generic loop has no such bound.
-const MAX_TAPS: usize = 49;
+pub(crate) const MAX_TAPS: usize = 49;
 
 /// Depthwise 2-D convolution of an `[N, H, W, C]` (or `[H, W, C]`) map, the kernel and bias
 /// held by the op (they are constants of the exported graph).
