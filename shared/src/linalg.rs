@@ -166,6 +166,13 @@ pub mod portable {
         for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
             tail += (*x).into() * y;
         }
+        sum_lanes(acc, tail)
+    }
+
+    /// The last step of every dot product: the lanes summed by the fixed
+    /// tree, then the tail.
+    #[inline(always)]
+    fn sum_lanes(mut acc: [f64; LANES], tail: f64) -> f64 {
         let mut width = LANES / 2;
         while width > 0 {
             for l in 0..width {
@@ -327,21 +334,14 @@ pub mod portable {
             }
         }
         let full = n / LANES * LANES;
-        let finish = |acc: &mut [f64; LANES], x: &[f64]| {
+        let finish = |acc: [f64; LANES], x: &[f64]| {
             let mut tail = 0.0;
             for (x, y) in x[full..].iter().zip(&b[full..]) {
                 tail += x * y;
             }
-            let mut width = LANES / 2;
-            while width > 0 {
-                for l in 0..width {
-                    acc[l] += acc[l + width];
-                }
-                width /= 2;
-            }
-            acc[0] + tail
+            sum_lanes(acc, tail)
         };
-        [finish(&mut s0, a0), finish(&mut s1, a1), finish(&mut s2, a2), finish(&mut s3, a3)]
+        [finish(s0, a0), finish(s1, a1), finish(s2, a2), finish(s3, a3)]
     }
 
     /// See [`super::forward_solve`].
