@@ -682,17 +682,23 @@ mod tests {
     fn blocked_cholesky_is_the_row_by_row_one() {
         for d in [1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 64, 65, 130] {
             let mut blocked = dense_to_packed(&spd(d, 7 + d as u64));
-            let mut rows = blocked.clone();
+            let (mut rows, mut portable) = (blocked.clone(), blocked.clone());
             cholesky_in_place(&mut blocked, d).unwrap();
             cholesky_rows(&mut rows, d).unwrap();
+            // The blocked loop as built, whatever this CPU dispatches to
+            // (only AVX-512 runs it in `cholesky_in_place`).
+            portable::cholesky_in_place(&mut portable, d).unwrap();
             assert!(blocked.iter().zip(&rows).all(|(a, b)| a.to_bits() == b.to_bits()), "d={d}");
+            assert!(portable.iter().zip(&rows).all(|(a, b)| a.to_bits() == b.to_bits()), "d={d}, portable");
             // A matrix that fails at row k fails there in both.
             for k in [0, d / 2, d - 1] {
                 let mut bad = dense_to_packed(&spd(d, 9));
                 bad[row_start(k) + k] = -1.0;
-                let mut again = bad.clone();
+                let (mut again, mut built) = (bad.clone(), bad.clone());
                 let (a, b) = (cholesky_in_place(&mut bad, d).unwrap_err(), cholesky_rows(&mut again, d).unwrap_err());
+                let c = portable::cholesky_in_place(&mut built, d).unwrap_err();
                 assert_eq!((a.row, a.pivot.to_bits()), (b.row, b.pivot.to_bits()), "d={d} k={k}");
+                assert_eq!((c.row, c.pivot.to_bits()), (b.row, b.pivot.to_bits()), "d={d} k={k}, portable");
             }
         }
     }
