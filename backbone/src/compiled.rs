@@ -80,11 +80,7 @@ pub enum CompiledError {
 /// CPU has (the rewrites pick register tiles and pack weights for it), and
 /// which rewrites the environment switched off.
 pub fn fingerprint() -> String {
-    let switches: Vec<&str> =
-        ["GAUSSEDGE_TRACT_NCHW", "GAUSSEDGE_TRACT_DEPTHWISE", "GAUSSEDGE_TRACT_MATVEC", "GAUSSEDGE_TRACT_DENSE"]
-            .into_iter()
-            .filter(|v| std::env::var_os(v).is_some())
-            .collect();
+    let switches: Vec<&str> = crate::SWITCHES.into_iter().filter(|s| crate::switched_off(s)).collect();
     format!(
         "gaussedge-backbone {} source {} {} {}{}",
         env!("CARGO_PKG_VERSION"),

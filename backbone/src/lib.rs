@@ -60,6 +60,23 @@ pub enum Rewrites {
     Plain,
 }
 
+/// The environment switches that each keep tract's own choice where a
+/// rewrite would go (the latency bench's side-by-side rows): the layout
+/// (and every rewrite after it), the depthwise op, the squeeze-excitation's
+/// matrix-vector products, the stem and the 1x1 convolutions. They change
+/// the rewritten graph, so compiled graphs name the ones set
+/// ([`compiled::fingerprint`]).
+pub(crate) const SWITCHES: [&str; 4] = [TRACT_NCHW, TRACT_DEPTHWISE, TRACT_MATVEC, TRACT_DENSE];
+const TRACT_NCHW: &str = "GAUSSEDGE_TRACT_NCHW";
+const TRACT_DEPTHWISE: &str = "GAUSSEDGE_TRACT_DEPTHWISE";
+const TRACT_MATVEC: &str = "GAUSSEDGE_TRACT_MATVEC";
+const TRACT_DENSE: &str = "GAUSSEDGE_TRACT_DENSE";
+
+/// Whether the environment sets one of the [`SWITCHES`].
+pub(crate) fn switched_off(switch: &str) -> bool {
+    std::env::var_os(switch).is_some()
+}
+
 /// The batch a graph's input declares, when it fixes one (an export for
 /// one image at a time); `None` when the batch is free or unknown.
 pub fn declared_batch(onnx: &[u8]) -> Option<usize> {
@@ -354,21 +371,17 @@ impl Backbone {
         // channels there, and EfficientNet's late blocks are 2x2 to 8x8
         // planes of hundreds of channels (per-plane walks cost 62% of a
         // frame channel-first). Each graph rewrite has a switch that keeps
-        // tract's own choice, for the latency bench's side-by-side:
-        // `GAUSSEDGE_TRACT_NCHW` (layout, and everything below),
-        // `GAUSSEDGE_TRACT_DEPTHWISE`, `GAUSSEDGE_TRACT_MATVEC` (the
-        // squeeze-excitation) and `GAUSSEDGE_TRACT_DENSE` (the stem and the
-        // 1x1 convolutions).
-        let channel_last = rewrites == Rewrites::Project && std::env::var_os("GAUSSEDGE_TRACT_NCHW").is_none();
+        // tract's own choice ([`SWITCHES`]).
+        let channel_last = rewrites == Rewrites::Project && !switched_off(TRACT_NCHW);
         if channel_last {
-            let dense = crate::ops::pointwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DENSE").is_none();
-            let matvec = std::env::var_os("GAUSSEDGE_TRACT_MATVEC").is_none();
+            let dense = crate::ops::pointwise::wanted() && !switched_off(TRACT_DENSE);
+            let matvec = !switched_off(TRACT_MATVEC);
             // Before `conv_nhwc`, which would lower these convolutions to
             // tract's own ops.
             if dense {
                 crate::ops::im2col::rewrite(&mut typed).map_err(load)?;
             }
-            if crate::ops::depthwise::wanted() && std::env::var_os("GAUSSEDGE_TRACT_DEPTHWISE").is_none() {
+            if crate::ops::depthwise::wanted() && !switched_off(TRACT_DEPTHWISE) {
                 crate::ops::depthwise::rewrite(&mut typed).map_err(load)?;
             }
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
