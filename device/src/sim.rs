@@ -161,22 +161,7 @@ fn active_from(origin: &str, b: bundle::Bundle, state: &Path) -> anyhow::Result<
     let shape = [1, p.channels as usize, p.height as usize, p.width as usize];
     let layers = &b.manifest.layers;
     let start = std::time::Instant::now();
-    let cached = match std::fs::read(state.join(COMPILED)) {
-        Ok(bytes) => match Backbone::load_compiled(&bytes, shape, layers, sha256) {
-            Ok(backbone) => Some(backbone),
-            // Another bundle's: the usual case after a flash or rollback.
-            Err(BackboneError::Compiled(CompiledError::Source { .. })) => None,
-            Err(e) => {
-                eprintln!("warning: {}: {e}; loading the backbone from its ONNX", state.join(COMPILED).display());
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            eprintln!("warning: {}: {e}; loading the backbone from its ONNX", state.join(COMPILED).display());
-            None
-        }
-    };
+    let cached = from_compiled(state, shape, layers, sha256);
     let (backbone, compiled) = match cached {
         Some(backbone) => {
             eprintln!("{origin}: backbone from its compiled graph in {:.0?}", start.elapsed());
@@ -211,6 +196,24 @@ fn active_from(origin: &str, b: bundle::Bundle, state: &Path) -> anyhow::Result<
         );
     }
     Ok(Active { backbone, info, base_stats: b.stats.unwrap_or_default(), compiled })
+}
+
+/// The backbone from the compiled graph in `state`, when it is this ONNX's.
+/// Another bundle's file (the usual case after a flash or a rollback) is
+/// passed over silently; an unreadable, damaged or stale one with a warning.
+fn from_compiled(state: &Path, shape: [usize; 4], layers: &[String], sha256: [u8; 32]) -> Option<Backbone> {
+    let path = state.join(COMPILED);
+    let why = match std::fs::read(&path) {
+        Ok(bytes) => match Backbone::load_compiled(&bytes, shape, layers, sha256) {
+            Ok(backbone) => return Some(backbone),
+            Err(BackboneError::Compiled(CompiledError::Source { .. })) => return None,
+            Err(e) => e.to_string(),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => e.to_string(),
+    };
+    eprintln!("warning: {}: {why}; loading the backbone from its ONNX", path.display());
+    None
 }
 
 /// Replaces [`COMPILED`] with `bytes` so that a cut at any moment leaves
