@@ -29,6 +29,11 @@ fn median_us(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2] * 1e6
 }
 
+/// A load's stages as JSON, milliseconds by stage name.
+fn stages_ms(p: &gaussedge_backbone::LoadProfile) -> serde_json::Map<String, serde_json::Value> {
+    p.stages.iter().map(|(name, d)| (name.to_string(), (d.as_secs_f64() * 1e3).into())).collect()
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -99,10 +104,7 @@ fn main() {
         let t = Instant::now();
         let (_, stages) =
             Backbone::load_compiled_profiled(&bytes, shape, &bundle.manifest.layers, source).expect("compiled");
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let stages: serde_json::Map<String, serde_json::Value> =
-            stages.stages.iter().map(|(name, d)| (name.to_string(), (d.as_secs_f64() * 1e3).into())).collect();
-        (ms, stages)
+        (t.elapsed().as_secs_f64() * 1e3, stages_ms(&stages))
     });
     // Boot: the bundle's backbone loaded from its ONNX, stage by stage
     // (where the milliseconds go).
@@ -111,8 +113,7 @@ fn main() {
         Backbone::load_profiled(&bundle.onnx, shape, &bundle.manifest.layers, gaussedge_backbone::Rewrites::Project)
             .expect("backbone");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let load_stages: serde_json::Map<String, serde_json::Value> =
-        stages.stages.iter().map(|(name, d)| (name.to_string(), (d.as_secs_f64() * 1e3).into())).collect();
+    let load_stages = stages_ms(&stages);
     let d = backbone.dim();
     let config = HeadConfig {
         dim: d,
