@@ -18,10 +18,15 @@
 //! set is the one a rewritten EfficientNet holds, the project's ops and
 //! the handful of tract's around them, and tract's `Conv` for foreign
 //! backbones the rewrites leave alone. A graph with any other op is not
-//! written, and loads from its ONNX every time: notably on a CPU the
-//! project's kernels do not serve (aarch64), where tract's layout pass
-//! lowers depthwise convolutions to its `DepthWise` op, whose fields are
-//! private to tract.
+//! written, and loads from its ONNX every time.
+//!
+//! On a CPU the project's kernels do not serve (aarch64), tract's layout
+//! pass lowers each depthwise convolution to its own `DepthWise` op, a
+//! type private to tract. The bytes then hold the channel-last `Conv` it
+//! was lowered from ([`lowered_depthwise`] records them before the pass),
+//! and reading asks tract to lower it again (`Conv::wire_as_depth_wise`,
+//! public); the writer checks that this gives the very op the graph holds
+//! before it stores anything.
 //!
 //! Layout, all integers little-endian: the magic `GEBBCMP1`, the
 //! fingerprint, the source SHA-256, the input shape (4 x u64), the layers,
@@ -32,15 +37,17 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::axes::AxesMapping;
 use tract_onnx::tract_core::ops::array::{Gather, TypedConcat};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 use tract_onnx::tract_core::ops::source::TypedSource;
-use tract_onnx::tract_hir::internal::DimLike;
+use tract_onnx::tract_hir::internal::{bail, ensure, format_err, DimLike};
 
 use crate::ops::depthwise::DepthwiseNhwc;
 use crate::ops::im2col::Im2colConv;
@@ -100,7 +107,15 @@ pub(crate) struct Key<'a, S> {
 
 /// The rewritten graph as bytes, or `None` when it holds an op the format
 /// does not know (the name of the first such op, for the caller's log).
-pub(crate) fn write<S: AsRef<str>>(model: &TypedModel, key: &Key<S>) -> Result<Vec<u8>, String> {
+///
+/// `lowered` names the convolutions tract's layout pass lowered to its
+/// private `DepthWise` op ([`lowered_depthwise`]); empty where the
+/// project's depthwise op replaced them.
+pub(crate) fn write<S: AsRef<str>>(
+    model: &TypedModel,
+    key: &Key<S>,
+    lowered: &[(String, Conv)],
+) -> Result<Vec<u8>, String> {
     let mut w = Writer(Vec::with_capacity(16 << 20));
     w.0.extend_from_slice(MAGIC);
     w.str(&fingerprint());
@@ -124,7 +139,25 @@ pub(crate) fn write<S: AsRef<str>>(model: &TypedModel, key: &Key<S>) -> Result<V
             w.u32(index[input.node]);
             w.u32(input.slot as u32);
         }
-        w.op(node.op.as_ref())?;
+        if is_tracts_depthwise(node.op.as_ref()) {
+            let conv = lowered
+                .iter()
+                .find(|(name, _)| *name == node.name)
+                .map(|(_, conv)| conv)
+                .ok_or_else(|| format!("tract's DepthWiseConv {} of no recorded convolution", node.name))?;
+            let x = model.outlet_fact(node.inputs[0]).map_err(|e| format!("{e:#}"))?;
+            let again = tracts_depthwise(conv, x).map_err(|e| format!("{e:#}"))?;
+            if format!("{again:?}") != format!("{:?}", node.op) {
+                return Err(format!(
+                    "tract's DepthWiseConv {}, which its convolution does not lower to again",
+                    node.name
+                ));
+            }
+            w.u8(TRACT_DEPTHWISE);
+            w.conv(conv)?;
+        } else {
+            w.op(node.op.as_ref())?;
+        }
     }
     w.u32(model.outputs.len() as u32);
     for o in &model.outputs {
@@ -185,7 +218,14 @@ pub(crate) fn read<S: AsRef<str>>(bytes: &[u8], key: &Key<S>) -> Result<TypedMod
             })?;
             inputs.push(*outlet);
         }
-        let op = r.op()?;
+        let op = match r.op()? {
+            Decoded::Op(op) => op,
+            Decoded::TractsDepthwise(conv) => {
+                let x = inputs.first().map(|i| model.outlet_fact(*i)).transpose().map_err(wire)?;
+                let x = x.ok_or_else(|| CompiledError::Wire(format!("depthwise {name} has no input")))?;
+                tracts_depthwise(&conv, x).map_err(wire)?
+            }
+        };
         let wired = if let Some(source) = op.downcast_ref::<TypedSource>() {
             // The key's shape was checked above; a source of another shape
             // would size every buffer from the file instead.
@@ -243,6 +283,116 @@ fn depthwise_fits(d: &DepthwiseNhwc, plane: Option<[usize; 2]>) -> Result<(), St
     }
 }
 
+/// The depthwise convolutions tract's `conv_nhwc` pass is about to lower to
+/// its own `DepthWise` op, as the channel-last `Conv` each becomes, by
+/// node name (the lowered op keeps it): the same test the pass makes.
+pub(crate) fn lowered_depthwise(model: &TypedModel) -> Vec<(String, Conv)> {
+    let mut lowered = vec![];
+    for node in &model.nodes {
+        let Some(conv) = node.op.downcast_ref::<Conv>() else { continue };
+        let format = match conv.pool_spec.data_format {
+            DataFormat::NCHW => DataFormat::NHWC,
+            DataFormat::CHW => DataFormat::HWC,
+            _ => continue,
+        };
+        let concrete = model.outlet_fact(node.inputs[0]).is_ok_and(|f| f.shape.as_concrete().is_some());
+        let depthwise = conv.q_params.is_none()
+            && node.inputs.len() == 3
+            && conv.group != 1
+            && conv.group == conv.input_channels()
+            && conv.group == conv.output_channels()
+            && concrete;
+        if depthwise {
+            let pool_spec = PoolSpec { data_format: format, ..conv.pool_spec.clone() };
+            lowered.push((node.name.clone(), Conv { pool_spec, ..conv.clone() }));
+        }
+    }
+    lowered
+}
+
+/// Whether `op` is tract's `DepthWise`, which is not a public type: by the
+/// name it reports, and the `Debug` of its struct.
+fn is_tracts_depthwise(op: &dyn TypedOp) -> bool {
+    op.name() == "DepthWiseConv" && format!("{op:?}").starts_with("DepthWise {")
+}
+
+/// tract's `DepthWise` op for the channel-last depthwise `conv` on input
+/// `x`, made as tract's layout pass makes it, in a scratch graph whose
+/// kernel and bias are zeros: the op holds only the geometry.
+///
+/// What it accepts is what the layout pass lowers, on geometry a frame can
+/// hold: bytes that ask for more are refused here rather than by a panic
+/// inside tract.
+fn tracts_depthwise(conv: &Conv, x: &TypedFact) -> TractResult<Box<dyn TypedOp>> {
+    let p = &conv.pool_spec;
+    let shape = x.shape.as_concrete().ok_or_else(|| format_err!("depthwise input of unknown shape"))?;
+    let spatial = p.kernel_shape.len();
+    let plane = match p.data_format {
+        DataFormat::NHWC if shape.len() == spatial + 2 => &shape[1..=spatial],
+        DataFormat::HWC if shape.len() == spatial + 1 => &shape[..spatial],
+        _ => bail!("depthwise {:?} on an input shaped {shape:?}", p.data_format),
+    };
+    let channels = shape[shape.len() - 1];
+    ensure!(
+        conv.q_params.is_none()
+            && [conv.group, p.input_channels, p.output_channels].iter().all(|c| *c == channels && *c > 0),
+        "depthwise of {} groups, {} -> {} channels on {channels}",
+        conv.group,
+        p.input_channels,
+        p.output_channels
+    );
+    let (before, after) = match &p.padding {
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => (b.to_vec(), a.to_vec()),
+        PaddingSpec::Valid => (vec![0; spatial], vec![0; spatial]),
+        // Padded to keep ceil(input / stride) outputs, whatever the kernel.
+        PaddingSpec::SameUpper | PaddingSpec::SameLower => (vec![usize::MAX / 4; spatial], vec![0; spatial]),
+    };
+    let stride = |v: &Option<TVec<usize>>, a: usize| v.as_ref().map_or(Some(1), |v| v.get(a).copied());
+    let fits = before.len() == spatial
+        && after.len() == spatial
+        && p.kernel_shape.iter().product::<usize>() <= crate::ops::depthwise::MAX_TAPS
+        && (0..spatial).all(|a| {
+            let (k, d, s) = (p.kernel_shape[a], stride(&p.dilations, a), stride(&p.strides, a));
+            let (Some(d), Some(s)) = (d, s) else { return false };
+            let extent = (k.max(1) - 1) * d + 1;
+            // Explicit padding past the kernel would only pad zeros out.
+            let padded = matches!(p.padding, PaddingSpec::SameUpper | PaddingSpec::SameLower)
+                || (before[a] < extent && after[a] < extent);
+            (1..=8).contains(&d)
+                && (1..=8).contains(&s)
+                && k > 0
+                && padded
+                && extent <= plane[a].saturating_add(before[a]).saturating_add(after[a])
+        });
+    ensure!(fits, "depthwise kernel {:?} ({:?}) on a {plane:?} plane", p.kernel_shape, p.padding);
+    let (o, i) = (p.output_channels, p.input_channels / conv.group.max(1));
+    let kernel_shape: Vec<usize> = match conv.kernel_fmt {
+        KernelFormat::OIHW => [o, i].into_iter().chain(p.kernel_shape.iter().copied()).collect(),
+        KernelFormat::HWIO => p.kernel_shape.iter().copied().chain([i, o]).collect(),
+        KernelFormat::OHWI => std::iter::once(o).chain(p.kernel_shape.iter().copied()).chain([i]).collect(),
+    };
+    let mut scratch = TypedModel::default();
+    let input = scratch.add_source("x", x.clone())?;
+    let kernel = scratch.add_const("kernel", Tensor::zero::<f32>(&kernel_shape)?)?;
+    let bias = scratch.add_const("bias", Tensor::zero::<f32>(&[o])?)?;
+    let y = conv.wire_as_depth_wise(&mut scratch, "dw", &[input, kernel, bias])?;
+    let op = scratch.node(y.node).op.clone();
+    ensure!(is_tracts_depthwise(op.as_ref()), "tract lowered a depthwise Conv to {}", op.name());
+    Ok(op)
+}
+
+/// An einsum's axes from their text (`"abc,cd->abd"`), refusing what
+/// tract's parser would panic on or could not mean: only axis letters,
+/// commas and one arrow.
+fn axes_mapping(text: &str) -> Result<AxesMapping, CompiledError> {
+    let (inputs, outputs) = text.split_once("->").unwrap_or((text, ""));
+    let letters = |s: &str| s.chars().all(|c| c.is_ascii_alphabetic() || c == ',');
+    if text.len() > 256 || !letters(inputs) || !letters(outputs) {
+        return Err(CompiledError::Unknown(format!("einsum axes {text:?}")));
+    }
+    text.parse().map_err(|e: TractError| CompiledError::Wire(format!("einsum axes {text:?}: {e:#}")))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -262,6 +412,9 @@ const AXIS: u8 = 10;
 const CONCAT: u8 = 11;
 const GATHER: u8 = 12;
 const CONV: u8 = 13;
+/// tract's `DepthWise`, stored as the channel-last `Conv` it lowers.
+const TRACT_DEPTHWISE: u8 = 14;
+const EINSUM: u8 = 15;
 
 /// The element-wise and binary ops the format knows, by tract's name.
 const ELEMENT_WISE_OPS: [&str; 2] = ["Sigmoid", "Silu"];
@@ -327,6 +480,43 @@ impl Writer {
         }
         self.usizes(&p.input_shape);
         self.usizes(&p.output_shape);
+        Ok(())
+    }
+
+    /// A float `Conv`'s fields (its weights and bias are its inputs).
+    fn conv(&mut self, c: &Conv) -> Result<(), String> {
+        if c.q_params.is_some() {
+            return Err("a quantised Conv".into());
+        }
+        let p = &c.pool_spec;
+        let format = DATA_FORMATS.iter().position(|f| *f == p.data_format).ok_or("a Conv's data format")?;
+        let kernel = KERNEL_FORMATS.iter().position(|f| *f == c.kernel_fmt).ok_or("a Conv's kernel format")?;
+        self.u8(format as u8);
+        self.u8(kernel as u8);
+        self.usize(c.group);
+        self.usizes(&p.kernel_shape);
+        match &p.padding {
+            PaddingSpec::Explicit(before, after) => {
+                self.u8(0);
+                self.usizes(before);
+                self.usizes(after);
+            }
+            PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
+                self.u8(1);
+                self.usizes(before);
+                self.usizes(after);
+                self.u8(*ceil as u8);
+            }
+            PaddingSpec::Valid => self.u8(2),
+            PaddingSpec::SameUpper => self.u8(3),
+            PaddingSpec::SameLower => self.u8(4),
+        }
+        for v in [&p.dilations, &p.strides] {
+            self.u8(v.is_some() as u8);
+            self.usizes(v.as_deref().unwrap_or_default());
+        }
+        self.usize(p.input_channels);
+        self.usize(p.output_channels);
         Ok(())
     }
 
@@ -413,39 +603,22 @@ impl Writer {
             // tract's own convolution: what a CPU the project's kernels do
             // not serve runs (the aarch64 build), its weights and bias
             // constant inputs.
-            if c.q_params.is_some() {
-                return Err("a quantised Conv".into());
-            }
-            let p = &c.pool_spec;
-            let format = DATA_FORMATS.iter().position(|f| *f == p.data_format).ok_or("a Conv's data format")?;
-            let kernel = KERNEL_FORMATS.iter().position(|f| *f == c.kernel_fmt).ok_or("a Conv's kernel format")?;
             self.u8(CONV);
-            self.u8(format as u8);
-            self.u8(kernel as u8);
-            self.usize(c.group);
-            self.usizes(&p.kernel_shape);
-            match &p.padding {
-                PaddingSpec::Explicit(before, after) => {
-                    self.u8(0);
-                    self.usizes(before);
-                    self.usizes(after);
-                }
-                PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
-                    self.u8(1);
-                    self.usizes(before);
-                    self.usizes(after);
-                    self.u8(*ceil as u8);
-                }
-                PaddingSpec::Valid => self.u8(2),
-                PaddingSpec::SameUpper => self.u8(3),
-                PaddingSpec::SameLower => self.u8(4),
+            self.conv(c)?;
+        } else if let Some(e) = op.downcast_ref::<EinSum>() {
+            // What tract's declutter makes of the 1x1 convolutions the
+            // project's kernels do not take (aarch64).
+            if e.q_params.is_some() {
+                return Err("a quantised EinSum".into());
             }
-            for v in [&p.dilations, &p.strides] {
-                self.u8(v.is_some() as u8);
-                self.usizes(v.as_deref().unwrap_or_default());
+            let dt = DATUMS.iter().position(|d| *d == e.operating_dt).ok_or("an EinSum's datum type")?;
+            let axes = e.axes.to_string();
+            if axes_mapping(&axes).ok().as_ref() != Some(&e.axes) {
+                return Err(format!("an EinSum whose axes ({axes}) do not read back"));
             }
-            self.usize(p.input_channels);
-            self.usize(p.output_channels);
+            self.u8(EINSUM);
+            self.u8(dt as u8);
+            self.str(&axes);
         } else if let Some(g) = op.downcast_ref::<Gather>() {
             if g.output_type.is_some() {
                 return Err("a Gather with an output type".into());
@@ -457,6 +630,13 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A node's op as read: ready, or tract's depthwise op to make again from
+/// its convolution once the node's input is wired.
+enum Decoded {
+    Op(Box<dyn TypedOp>),
+    TractsDepthwise(Box<Conv>),
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -565,10 +745,40 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn op(&mut self) -> Result<Box<dyn TypedOp>, CompiledError> {
+    /// What [`Writer::conv`] wrote.
+    fn conv(&mut self) -> Result<Conv, CompiledError> {
+        let unknown = |what: &str, i: u8| CompiledError::Unknown(format!("{what} {i}"));
+        let w = "Conv";
+        let f = self.u8(w)?;
+        let data_format = *DATA_FORMATS.get(f as usize).ok_or_else(|| unknown("data format", f))?;
+        let k = self.u8(w)?;
+        let kernel_fmt = *KERNEL_FORMATS.get(k as usize).ok_or_else(|| unknown("kernel format", k))?;
+        let group = self.usize(w)?;
+        let kernel_shape = self.usizes(w)?.into();
+        let padding = match self.u8(w)? {
+            0 => PaddingSpec::Explicit(self.usizes(w)?.into(), self.usizes(w)?.into()),
+            1 => PaddingSpec::ExplicitOnnxPool(self.usizes(w)?.into(), self.usizes(w)?.into(), self.bool(w)?),
+            2 => PaddingSpec::Valid,
+            3 => PaddingSpec::SameUpper,
+            4 => PaddingSpec::SameLower,
+            i => return Err(unknown("padding", i)),
+        };
+        let mut optional = || -> Result<Option<TVec<usize>>, CompiledError> {
+            let some = self.bool(w)?;
+            let v = self.usizes(w)?;
+            Ok(some.then(|| v.into()))
+        };
+        let (dilations, strides) = (optional()?, optional()?);
+        let (input_channels, output_channels) = (self.usize(w)?, self.usize(w)?);
+        let pool_spec =
+            PoolSpec { data_format, kernel_shape, padding, dilations, strides, input_channels, output_channels };
+        Ok(Conv { pool_spec, kernel_fmt, group, q_params: None })
+    }
+
+    fn op(&mut self) -> Result<Decoded, CompiledError> {
         let unknown = |what: &str, i: u8| CompiledError::Unknown(format!("{what} {i}"));
         let tag = self.u8("op")?;
-        Ok(match tag {
+        Ok(Decoded::Op(match tag {
             SOURCE => Box::new(TypedSource::new(f32::fact(self.usizes("source")?))),
             CONST => Box::new(Const::new(self.tensor("Const")?).map_err(|e| CompiledError::Wire(format!("{e:#}")))?),
             POINTWISE => Box::new(self.pointwise()?),
@@ -639,42 +849,16 @@ impl<'a> Reader<'a> {
             }),
             CONCAT => Box::new(TypedConcat { axis: self.usize("Concat")? }),
             GATHER => Box::new(Gather::new(self.usize("Gather")?)),
-            CONV => {
-                let w = "Conv";
-                let f = self.u8(w)?;
-                let data_format = *DATA_FORMATS.get(f as usize).ok_or_else(|| unknown("data format", f))?;
-                let k = self.u8(w)?;
-                let kernel_fmt = *KERNEL_FORMATS.get(k as usize).ok_or_else(|| unknown("kernel format", k))?;
-                let group = self.usize(w)?;
-                let kernel_shape = self.usizes(w)?.into();
-                let padding = match self.u8(w)? {
-                    0 => PaddingSpec::Explicit(self.usizes(w)?.into(), self.usizes(w)?.into()),
-                    1 => PaddingSpec::ExplicitOnnxPool(self.usizes(w)?.into(), self.usizes(w)?.into(), self.bool(w)?),
-                    2 => PaddingSpec::Valid,
-                    3 => PaddingSpec::SameUpper,
-                    4 => PaddingSpec::SameLower,
-                    i => return Err(unknown("padding", i)),
-                };
-                let mut optional = || -> Result<Option<TVec<usize>>, CompiledError> {
-                    let some = self.bool(w)?;
-                    let v = self.usizes(w)?;
-                    Ok(some.then(|| v.into()))
-                };
-                let (dilations, strides) = (optional()?, optional()?);
-                let (input_channels, output_channels) = (self.usize(w)?, self.usize(w)?);
-                let pool_spec = PoolSpec {
-                    data_format,
-                    kernel_shape,
-                    padding,
-                    dilations,
-                    strides,
-                    input_channels,
-                    output_channels,
-                };
-                Box::new(Conv { pool_spec, kernel_fmt, group, q_params: None })
+            CONV => Box::new(self.conv()?),
+            EINSUM => {
+                let dt = self.u8("EinSum")?;
+                let dt = *DATUMS.get(dt as usize).ok_or_else(|| unknown("datum type", dt))?;
+                let axes = axes_mapping(&self.str("EinSum")?)?;
+                Box::new(EinSum::new(axes, dt))
             }
+            TRACT_DEPTHWISE => return Ok(Decoded::TractsDepthwise(Box::new(self.conv()?))),
             _ => return Err(unknown("op tag", tag)),
-        })
+        }))
     }
 }
 
@@ -709,7 +893,7 @@ mod tests {
         let idx = m.add_const("idx", tensor1(&[3i64, 0, 1])).unwrap();
         let out = m.wire_node("gather", Gather::new(1), &[rm[0], idx]).unwrap();
         m.select_output_outlets(&out).unwrap();
-        let bytes = write(&m, &key()).unwrap();
+        let bytes = write(&m, &key(), &[]).unwrap();
         let back = read(&bytes, &key()).unwrap();
         assert_eq!(back.nodes.len(), m.nodes.len());
         let input: Vec<f32> = (0..24).map(|i| i as f32 * 0.3 - 3.0).collect();
@@ -740,21 +924,147 @@ mod tests {
         m
     }
 
+    /// A channel-first depthwise convolution (3x3, stride 2, bias) on a
+    /// 5x6 plane of 4 channels, lowered by tract's layout pass.
+    fn lowered(padding: PaddingSpec) -> (TypedModel, Vec<(String, Conv)>) {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 4, 5, 6])).unwrap();
+        let k: Vec<f32> = (0..36).map(|i| (i as f32 * 0.7).sin()).collect();
+        let k = m.add_const("k", Tensor::from_shape(&[4, 1, 3, 3], &k).unwrap()).unwrap();
+        let b = m.add_const("b", tensor1(&[0.5f32, -1.0, 0.25, 2.0])).unwrap();
+        let pool_spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![3, 3],
+            padding,
+            dilations: None,
+            strides: Some(tvec![2, 2]),
+            input_channels: 4,
+            output_channels: 4,
+        };
+        let conv = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: 4, q_params: None };
+        let y = m.wire_node("dw", conv, &[x, k, b]).unwrap();
+        m.select_output_outlets(&y).unwrap();
+        let lowered = lowered_depthwise(&m);
+        assert_eq!(lowered.len(), 1);
+        let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc").unwrap().unwrap();
+        t.transform(&mut m).unwrap();
+        m.declutter().unwrap();
+        assert!(m.nodes.iter().any(|n| is_tracts_depthwise(n.op.as_ref())));
+        (m, lowered)
+    }
+
+    /// tract's private depthwise op goes in as its convolution and comes
+    /// back as the same op, computing the same bits.
+    #[test]
+    fn tracts_depthwise_round_trips_through_its_convolution() {
+        for padding in [PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]), PaddingSpec::Valid, PaddingSpec::SameUpper] {
+            let (m, lowered) = lowered(padding.clone());
+            let key = Key { source: [7; 32], input_shape: [1, 4, 5, 6], layers: &["out"] };
+            let bytes = write(&m, &key, &lowered).unwrap();
+            let back = read(&bytes, &key).unwrap();
+            let ops = |m: &TypedModel| m.nodes.iter().map(|n| format!("{:?}", n.op)).collect::<Vec<_>>();
+            assert_eq!(ops(&back), ops(&m), "{padding:?}");
+            let input: Vec<f32> = (0..120).map(|i| (i as f32 * 0.3).cos()).collect();
+            let run = |m: TypedModel| {
+                let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+                plan.run(tvec![Tensor::from_shape(&[1, 4, 5, 6], &input).unwrap().into()]).unwrap()[0]
+                    .clone()
+                    .into_tensor()
+            };
+            assert_eq!(run(m), run(back), "{padding:?}");
+        }
+    }
+
+    /// Without its convolution, or with one that lowers to another op, the
+    /// graph is not written: the device loads the ONNX.
+    #[test]
+    fn tracts_depthwise_of_no_or_another_convolution_is_not_written() {
+        let (m, mut lowered) = lowered(PaddingSpec::Valid);
+        let e = write(&m, &key(), &[]).unwrap_err();
+        assert!(e.contains("DepthWiseConv dw of no recorded convolution"), "{e}");
+        lowered[0].1.pool_spec.strides = Some(tvec![1, 1]);
+        let e = write(&m, &key(), &lowered).unwrap_err();
+        assert!(e.contains("does not lower to again"), "{e}");
+    }
+
+    /// The einsums tract's declutter makes of 1x1 convolutions round-trip
+    /// through their axes' text; text tract's parser would panic on is
+    /// refused.
+    #[test]
+    fn einsums_round_trip_and_crafted_axes_are_refused() {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
+        let w = m
+            .add_const("w", Tensor::from_shape(&[4, 5], &(0..20).map(|i| i as f32 * 0.1).collect::<Vec<_>>()).unwrap())
+            .unwrap();
+        let axes: AxesMapping = "nhwc,cd->nhwd".parse().unwrap();
+        let y = m.wire_node("e", EinSum::new(axes, f32::datum_type()), &[x, w]).unwrap();
+        m.select_output_outlets(&y).unwrap();
+        let bytes = write(&m, &key(), &[]).unwrap();
+        let back = read(&bytes, &key()).unwrap();
+        let input: Vec<f32> = (0..24).map(|i| i as f32 * 0.3 - 3.0).collect();
+        let run = |m: TypedModel| {
+            let plan = m.into_runnable().unwrap();
+            plan.run(tvec![Tensor::from_shape(&[1, 2, 3, 4], &input).unwrap().into()]).unwrap()[0].clone().into_tensor()
+        };
+        assert_eq!(run(m), run(back));
+        for text in ["a...b->ab", "ab->ab->a", "ab->a b", "ab;->a"] {
+            assert!(matches!(axes_mapping(text), Err(CompiledError::Unknown(_))), "{text}");
+        }
+    }
+
+    /// Convolutions no layout pass would have lowered, or geometry past
+    /// what a frame holds, are refused before tract sees them.
+    #[test]
+    fn crafted_depthwise_convolutions_are_refused() {
+        let (_, lowered) = lowered(PaddingSpec::Valid);
+        let good = lowered[0].1.clone();
+        let x = f32::fact([1, 5, 6, 4]);
+        assert!(tracts_depthwise(&good, &x).is_ok());
+        let mut bad = vec![];
+        let mut c = good.clone();
+        c.pool_spec.kernel_shape = tvec![9, 9];
+        bad.push(c);
+        let mut c = good.clone();
+        c.pool_spec.kernel_shape = tvec![7, 7];
+        bad.push(c);
+        let mut c = good.clone();
+        c.pool_spec.padding = PaddingSpec::Explicit(tvec![1 << 40, 0], tvec![0, 0]);
+        bad.push(c);
+        let mut c = good.clone();
+        c.pool_spec.strides = Some(tvec![0, 1]);
+        bad.push(c);
+        let mut c = good.clone();
+        c.pool_spec.dilations = Some(tvec![1]);
+        bad.push(c);
+        let mut c = good.clone();
+        c.group = 2;
+        bad.push(c);
+        let mut c = good.clone();
+        c.pool_spec.data_format = DataFormat::NCHW;
+        bad.push(c);
+        for c in bad {
+            assert!(tracts_depthwise(&c, &x).is_err(), "{c:?}");
+        }
+        assert!(tracts_depthwise(&good, &f32::fact([1, 5, 6, 3])).is_err());
+        assert!(tracts_depthwise(&good, &f32::fact([5, 6, 4])).is_err());
+    }
+
     /// Bytes with a valid CRC are still held to what the rewrites could
     /// have made: the source has the key's shape, and a depthwise op fits
     /// its kernel loop and its input plane.
     #[test]
     fn crafted_geometry_is_refused() {
-        assert!(read(&write(&depthwise(3, 2), &key()).unwrap(), &key()).is_ok());
+        assert!(read(&write(&depthwise(3, 2), &key(), &[]).unwrap(), &key()).is_ok());
         for (kernel, output) in [(8, 2), (3, 1000)] {
-            let e = read(&write(&depthwise(kernel, output), &key()).unwrap(), &key()).unwrap_err();
+            let e = read(&write(&depthwise(kernel, output), &key(), &[]).unwrap(), &key()).unwrap_err();
             assert!(matches!(&e, CompiledError::Wire(w) if w.contains("DepthwiseNhwc kernel")), "{e:?}");
         }
         let other = Key { source: [7; 32], input_shape: [1, 2, 3, 5], layers: &["out"] };
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
         m.select_output_outlets(&[x]).unwrap();
-        let e = read(&write(&m, &other).unwrap(), &other).unwrap_err();
+        let e = read(&write(&m, &other, &[]).unwrap(), &other).unwrap_err();
         assert!(matches!(&e, CompiledError::Wire(w) if w.contains("is not shaped")), "{e:?}");
     }
 
@@ -765,6 +1075,6 @@ mod tests {
         let x = m.add_source("x", f32::fact([1, 2, 3, 4])).unwrap();
         let y = m.wire_node("exp", math::exp(), &[x]).unwrap();
         m.select_output_outlets(&y).unwrap();
-        assert_eq!(write(&m, &key()).unwrap_err(), "element-wise Exp");
+        assert_eq!(write(&m, &key(), &[]).unwrap_err(), "element-wise Exp");
     }
 }

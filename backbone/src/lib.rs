@@ -60,6 +60,17 @@ pub enum Rewrites {
     Plain,
 }
 
+/// What [`Backbone::rewritten`] made of an ONNX.
+struct Rewritten {
+    model: TypedModel,
+    /// Whether it runs channel-last (the rewrites ran), which the
+    /// optimiser's last step needs to know.
+    channel_last: bool,
+    /// The depthwise convolutions tract's layout pass lowered to its own
+    /// op, for [`compiled::write`].
+    lowered: Vec<(String, tract_onnx::tract_core::ops::cnn::Conv)>,
+}
+
 /// The environment switches that each keep tract's own choice where a
 /// rewrite would go (the latency bench's side-by-side rows): the layout
 /// (and every rewrite after it), the depthwise op, the squeeze-excitation's
@@ -188,8 +199,8 @@ impl Backbone {
         rewrites: Rewrites,
     ) -> Result<(Self, LoadProfile), BackboneError> {
         let mut clock = LoadProfile::start();
-        let (typed, channel_last) = Self::rewritten(onnx, input_shape, layers, rewrites, &mut clock)?;
-        let model = Self::optimise(typed, channel_last, &mut clock)?;
+        let rewritten = Self::rewritten(onnx, input_shape, layers, rewrites, &mut clock)?;
+        let model = Self::optimise(rewritten.model, rewritten.channel_last, &mut clock)?;
         let backbone = Self::planned(model, input_shape, layers, &mut clock)?;
         Ok((backbone, clock))
     }
@@ -230,9 +241,10 @@ impl Backbone {
         source: [u8; 32],
     ) -> Result<(Self, Result<Vec<u8>, String>), BackboneError> {
         let mut clock = LoadProfile::start();
-        let (typed, channel_last) = Self::rewritten(onnx, input_shape, layers, Rewrites::Project, &mut clock)?;
+        let Rewritten { model: typed, channel_last, lowered } =
+            Self::rewritten(onnx, input_shape, layers, Rewrites::Project, &mut clock)?;
         let compiled = if channel_last {
-            compiled::write(&typed, &compiled::Key { source, input_shape, layers })
+            compiled::write(&typed, &compiled::Key { source, input_shape, layers }, &lowered)
                 .map_err(|op| format!("the rewritten graph holds {op}, which compiled backbones do not store"))
         } else {
             Err("the project's rewrites are switched off".to_string())
@@ -319,20 +331,19 @@ impl Backbone {
         layers: &[S],
     ) -> Result<TypedModel, BackboneError> {
         let clock = &mut LoadProfile::start();
-        let (typed, channel_last) = Self::rewritten(onnx, input_shape, layers, Rewrites::Project, clock)?;
-        Self::optimise(typed, channel_last, clock)
+        let rewritten = Self::rewritten(onnx, input_shape, layers, Rewrites::Project, clock)?;
+        Self::optimise(rewritten.model, rewritten.channel_last, clock)
     }
 
     /// The graph after the project's rewrites, before tract's optimiser:
-    /// what [`compiled`] stores. The flag says whether it runs channel-last
-    /// (the rewrites ran), which the optimiser's last step needs to know.
+    /// what [`compiled`] stores.
     fn rewritten<S: AsRef<str>>(
         onnx: &[u8],
         input_shape: [usize; 4],
         layers: &[S],
         rewrites: Rewrites,
         clock: &mut LoadProfile,
-    ) -> Result<(TypedModel, bool), BackboneError> {
+    ) -> Result<Rewritten, BackboneError> {
         let load = |e: TractError| BackboneError::Load(format!("{e:#}"));
         if layers.is_empty() {
             return Err(BackboneError::NoLayers);
@@ -384,6 +395,7 @@ impl Backbone {
             if crate::ops::depthwise::wanted() && !switched_off(TRACT_DEPTHWISE) {
                 crate::ops::depthwise::rewrite(&mut typed).map_err(load)?;
             }
+            let lowered = compiled::lowered_depthwise(&typed);
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
                 .map_err(load)?
                 .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;
@@ -402,8 +414,9 @@ impl Backbone {
                 crate::ops::pointwise::rewrite(&mut typed).map_err(load)?;
             }
             clock.lap("rewrite");
+            return Ok(Rewritten { model: typed, channel_last, lowered });
         }
-        Ok((typed, channel_last))
+        Ok(Rewritten { model: typed, channel_last, lowered: vec![] })
     }
 
     /// tract's optimiser on a rewritten graph, then the channel-last ops
