@@ -384,6 +384,7 @@ impl Backbone {
         // frame channel-first). Each graph rewrite has a switch that keeps
         // tract's own choice ([`SWITCHES`]).
         let channel_last = rewrites == Rewrites::Project && !switched_off(TRACT_NCHW);
+        let mut lowered = vec![];
         if channel_last {
             let dense = crate::ops::pointwise::wanted() && !switched_off(TRACT_DENSE);
             let matvec = !switched_off(TRACT_MATVEC);
@@ -395,7 +396,7 @@ impl Backbone {
             if crate::ops::depthwise::wanted() && !switched_off(TRACT_DEPTHWISE) {
                 crate::ops::depthwise::rewrite(&mut typed).map_err(load)?;
             }
-            let lowered = compiled::lowered_depthwise(&typed);
+            lowered = compiled::lowered_depthwise(&typed);
             let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
                 .map_err(load)?
                 .ok_or_else(|| BackboneError::Load("tract has no conv_nhwc transform".into()))?;
@@ -414,9 +415,8 @@ impl Backbone {
                 crate::ops::pointwise::rewrite(&mut typed).map_err(load)?;
             }
             clock.lap("rewrite");
-            return Ok(Rewritten { model: typed, channel_last, lowered });
         }
-        Ok(Rewritten { model: typed, channel_last, lowered: vec![] })
+        Ok(Rewritten { model: typed, channel_last, lowered })
     }
 
     /// tract's optimiser on a rewritten graph, then the channel-last ops
