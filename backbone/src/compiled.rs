@@ -544,6 +544,7 @@ impl Writer {
             }
             self.tensor(&d.weights)?;
             self.tensor(&d.bias)?;
+            self.u8(d.silu as u8);
         } else if let Some(c) = op.downcast_ref::<Im2colConv>() {
             self.u8(IM2COL);
             for v in c.input.into_iter().chain(c.pad) {
@@ -797,7 +798,12 @@ impl<'a> Reader<'a> {
                         weights.shape()
                     )));
                 }
-                Box::new(DepthwiseNhwc { kernel, stride, pad_before, output, weights, bias })
+                let silu = match self.u8(w)? {
+                    0 => false,
+                    1 => true,
+                    f => return Err(CompiledError::Wire(format!("{w} SiLU flag {f}"))),
+                };
+                Box::new(DepthwiseNhwc { kernel, stride, pad_before, output, weights, bias, silu })
             }
             IM2COL => {
                 let w = "Im2colConv";
@@ -918,6 +924,7 @@ mod tests {
             output: [output, 3],
             weights: Arc::new(Tensor::from_shape(&[taps, 4], &vec![0.5f32; taps * 4]).unwrap()),
             bias: Arc::new(tensor1(&[0f32; 4])),
+            silu: false,
         };
         let y = m.wire_node("dw", op, &[x]).unwrap();
         m.select_output_outlets(&y).unwrap();

@@ -3,7 +3,16 @@
 //! The project's kernels (the 1x1 convolutions, the depthwise convolutions)
 //! do most of a frame's work, so `--threads N` (`Backbone::set_threads`)
 //! splits theirs here; a count of one (the default) runs every kernel
-//! inline. tract's own thread pool is not linked: on EfficientNet-b0 at
+//! inline.
+//!
+//! Every op splits the same way, by output rows in order, so with a frame
+//! of two views (the flip average) and two threads each core computes one
+//! view through the whole network: the squeeze-excitation's scale and
+//! sums and the feature pools split too, and the SiLU after a depthwise
+//! convolution runs inside it. Left on the calling thread, those small
+//! ops pulled the other core's half of every map across and back, and
+//! two threads ran the early blocks slower than one (a 2-core EPYC VM:
+//! the first expansion 0.65x, the depthwise convolutions 0.5x). tract's own thread pool is not linked: on EfficientNet-b0 at
 //! 64x64 its matrix products were too small to gain from it, and its rayon
 //! pool was 2.5 MB of a 16.8 MB firmware. tract's remaining operators run
 //! on the calling thread.
@@ -27,9 +36,10 @@ use tract_onnx::prelude::TractResult;
 mod team;
 
 /// Multiply-adds below which a call stays on the calling thread: handing
-/// parts to the helpers costs a few microseconds, what about 10^5
-/// multiply-adds take.
-pub const MIN_WORK: usize = 1 << 17;
+/// parts to the helpers costs a few microseconds, what about 6x10^4
+/// multiply-adds take. The squeeze-excitation's 48x1152 products of a
+/// two-view frame (1.1x10^5) stream their weights and gain from the split.
+pub const MIN_WORK: usize = 1 << 16;
 
 /// The process-wide thread count ([`set_threads`]).
 static THREADS: AtomicUsize = AtomicUsize::new(1);
@@ -67,6 +77,23 @@ pub fn threads() -> usize {
 /// one below [`MIN_WORK`], else [`threads`].
 pub fn threads_for(work: usize) -> usize {
     if work < MIN_WORK {
+        1
+    } else {
+        threads()
+    }
+}
+
+/// Values an element-wise call must touch before it splits: about the
+/// map a part's core would otherwise have to fetch from the core that
+/// wrote it (64 KiB), which costs more than the hand-off.
+pub const MIN_VALUES: usize = 1 << 14;
+
+/// The threads an element-wise call over `values` should split over: one
+/// below [`MIN_VALUES`], else [`threads`]. Split the same way as the
+/// convolutions around them (by rows, so by image first), each part
+/// touches the values its own core wrote.
+pub fn threads_for_values(values: usize) -> usize {
+    if values < MIN_VALUES {
         1
     } else {
         threads()
@@ -136,7 +163,7 @@ impl<'a> Disjoint<'a> {
     /// # Safety
     /// No other part may touch `r` while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn rows(&self, r: Range<usize>) -> &mut [f32] {
+    pub unsafe fn rows(&self, r: Range<usize>) -> &mut [f32] {
         assert!(r.start <= r.end && r.end <= self.len, "rows {r:?} past {}", self.len);
         // SAFETY: in bounds (checked above), and the caller owns `r`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.len()) }

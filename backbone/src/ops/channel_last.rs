@@ -87,11 +87,21 @@ impl EvalOp for ChannelScale {
             // One scale vector, or one per image.
             let images = scale.len() / channels.max(1);
             ensure!(channels > 0 && images > 0 && scale.len() == images * channels, "channel scale shape");
-            ensure!(a.len().is_multiple_of(images), "channel scale shape");
-            for (image, scale) in a.chunks_exact_mut(a.len() / images).zip(scale.chunks_exact(channels)) {
-                crate::kernels::simd::scale_rows(image, scale);
-            }
-            Ok(())
+            ensure!(a.len().is_multiple_of(images * channels), "channel scale shape");
+            let per_image = a.len() / images / channels;
+            let threads = crate::kernels::parts::threads_for_values(a.len());
+            // By rows, as the convolutions split their outputs.
+            crate::kernels::parts::for_each_rows(a, channels, threads, |units, mut rows| {
+                let mut u = units.start;
+                while u < units.end {
+                    let image = u / per_image;
+                    let n = ((image + 1) * per_image).min(units.end) - u;
+                    let (here, rest) = rows.split_at_mut(n * channels);
+                    crate::kernels::simd::scale_rows(here, &scale[image * channels..][..channels]);
+                    (u, rows) = (u + n, rest);
+                }
+                Ok(())
+            })
         })
     }
 }
@@ -136,11 +146,16 @@ impl EvalOp for SpatialSum {
         }
         let mut sum = vec![0f32; images * channels];
         with_values(&x, |values| {
-            ensure!(images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
-            for (image, sum) in values.chunks_exact(values.len() / images).zip(sum.chunks_exact_mut(channels)) {
-                crate::kernels::simd::sum_rows(sum, image);
-            }
-            Ok(())
+            ensure!(channels > 0 && images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
+            let per_image = values.len() / images;
+            // An image a part, where the convolutions before wrote it.
+            let threads = crate::kernels::parts::threads_for_values(values.len());
+            crate::kernels::parts::for_each_rows(&mut sum, channels, threads, |units, sums| {
+                for (image, sum) in units.zip(sums.chunks_exact_mut(channels)) {
+                    crate::kernels::simd::sum_rows(sum, &values[image * per_image..][..per_image]);
+                }
+                Ok(())
+            })
         })?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sum)?.into_tvalue()))
     }
@@ -201,9 +216,13 @@ impl TypedOp for PlaneBias {
     as_op!();
 }
 
-/// The sum of each `[..]` plane of `x[N, C, ..]`, kept as `[N, C, 1, ..]`.
+/// The sum of each plane of `x` over its axes from `kept` on, kept as
+/// `[N, C, 1, ..]` (for `kept` = 2; the feature pools of a grouped layout
+/// `[N, 1, C, H, W]` keep 3).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PlaneSum;
+pub struct PlaneSum {
+    pub kept: usize,
+}
 
 impl Op for PlaneSum {
     fn name(&self) -> StaticName {
@@ -219,13 +238,24 @@ impl EvalOp for PlaneSum {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
         let shape = x.shape();
-        ensure!(shape.len() >= 3, "plane sum of rank {}", shape.len());
-        let plane = shape[2..].iter().product::<usize>();
+        let kept = self.kept;
+        ensure!(kept >= 1 && shape.len() > kept, "plane sum keeping {kept} axes of rank {}", shape.len());
+        let plane = shape[kept..].iter().product::<usize>();
         ensure!(plane > 0, "empty planes");
         let mut out_shape: TVec<usize> = shape.iter().map(|_| 1).collect();
-        out_shape[..2].copy_from_slice(&shape[..2]);
-        let sums: Vec<f32> =
-            with_values(&x, |values| Ok(values.chunks_exact(plane).map(crate::kernels::simd::sum).collect()))?;
+        out_shape[..kept].copy_from_slice(&shape[..kept]);
+        let mut sums = vec![0f32; x.len() / plane];
+        with_values(&x, |values| {
+            // By planes, so by image first, where the convolution before
+            // wrote them; each plane's sum is the same whichever part runs it.
+            let threads = crate::kernels::parts::threads_for_values(values.len());
+            crate::kernels::parts::for_each_rows(&mut sums, 1, threads, |units, sums| {
+                for (s, p) in sums.iter_mut().zip(units) {
+                    *s = crate::kernels::simd::sum(&values[p * plane..][..plane]);
+                }
+                Ok(())
+            })
+        })?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sums)?.into_tvalue()))
     }
 }
@@ -234,7 +264,7 @@ impl TypedOp for PlaneSum {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
         let out: TVec<TDim> =
-            shape.iter().enumerate().map(|(a, d)| if a < 2 { d.clone() } else { 1.to_dim() }).collect();
+            shape.iter().enumerate().map(|(a, d)| if a < self.kept { d.clone() } else { 1.to_dim() }).collect();
         Ok(tvec!(inputs[0].datum_type.fact(out)))
     }
 
@@ -290,16 +320,19 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
                 && (1..r - 1).all(summed)
                 && (batch || summed(0))
                 && shape[usize::from(batch)..r - 1].iter().product::<usize>() > 1;
+            // Planes: the axes after the last one kept (past the first
+            // two: images and channels, or images, a unit group and
+            // channels), all summed.
+            let kept = (0..r).rev().find(|&a| !summed(a)).map_or(0, |a| a + 1).max(2);
             let planes = reduce.reducer == Reducer::Sum
                 && fact.datum_type == f32::datum_type()
-                && r >= 3
-                && reduce.axes.iter().all(|&a| a >= 2)
-                && (2..r).all(summed)
-                && shape[2..].iter().product::<usize>() > 1;
+                && r > kept
+                && reduce.axes.iter().all(|&a| a >= kept)
+                && shape[kept..].iter().product::<usize>() > 1;
             let patch = if spatial {
                 TypedModelPatch::replace_single_op(model, node, &node.inputs, SpatialSum { batch })?
             } else if planes {
-                TypedModelPatch::replace_single_op(model, node, &node.inputs, PlaneSum)?
+                TypedModelPatch::replace_single_op(model, node, &node.inputs, PlaneSum { kept })?
             } else {
                 continue;
             };
@@ -387,9 +420,42 @@ mod tests {
         let inputs = || {
             tvec![Tensor::from_shape(x, &xv).unwrap().into_tvalue(), Tensor::from_shape(s, &sv).unwrap().into_tvalue(),]
         };
-        let want = generic.into_runnable().unwrap().run(inputs()).unwrap().remove(0);
-        let got = rewritten.into_runnable().unwrap().run(inputs()).unwrap().remove(0);
-        assert_eq!(want.into_tensor(), got.into_tensor(), "{x:?} {s:?}");
+        let want = generic.into_runnable().unwrap().run(inputs()).unwrap().remove(0).into_tensor();
+        let plan = rewritten.into_runnable().unwrap();
+        // Split over threads too (where the map is big enough to split),
+        // still the same bits.
+        for threads in [1, 2, 3] {
+            let got = crate::kernels::parts::with_threads(threads, || plan.run(inputs()).unwrap().remove(0));
+            assert_eq!(want, got.into_tensor(), "{x:?} {s:?}, {threads} threads");
+        }
+    }
+
+    /// Runs `m` and its rewrite, at one to three threads: each must put an
+    /// `O` in, and every thread count must give the one-thread bits, within
+    /// `1e-5` of tract's reduction.
+    fn sums_match<O: Op>(m: TypedModel, shape: &[usize]) {
+        let mut rewritten = m.clone();
+        assert_eq!(rewrite(&mut rewritten).unwrap(), 1, "{shape:?}");
+        assert!(rewritten.nodes.iter().any(|n| n.op_is::<O>()), "{shape:?}");
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let input = || tvec![Tensor::from_shape(shape, &data).unwrap().into_tvalue()];
+        let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
+        let plan = rewritten.into_runnable().unwrap();
+        let one = plan.run(input()).unwrap().remove(0).into_tensor();
+        crate::ops::flat::assert_tensors_close(&want, &one, 1e-5, &format!("{shape:?}"));
+        for threads in [2, 3] {
+            let got = crate::kernels::parts::with_threads(threads, || plan.run(input()).unwrap().remove(0));
+            assert_eq!(one, got.into_tensor(), "{shape:?}, {threads} threads");
+        }
+    }
+
+    fn reduce(shape: &[usize], axes: &[usize]) -> TypedModel {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact(shape)).unwrap();
+        let y = m.wire_node("sum", Reduce::new(axes.into(), Reducer::Sum), &[x]).unwrap();
+        m.select_output_outlets(&y).unwrap();
+        m
     }
 
     #[test]
@@ -399,6 +465,15 @@ mod tests {
             bit_identical::<ChannelScale>(model(Box::new(mul()), &x, &s), &x, &s);
             // A batch: one scale vector per image.
             let (x, s) = ([3, 5, 3, channels], [3, 1, 1, channels]);
+            bit_identical::<ChannelScale>(model(Box::new(mul()), &x, &s), &x, &s);
+        }
+        // Maps past `MIN_VALUES`, which split over threads by rows: two
+        // images of 96 channels (a part a view), three of 40 (a part
+        // spanning images), and one scale vector for both images.
+        for (x, s) in
+            [([2, 16, 16, 96], [2, 1, 1, 96]), ([3, 13, 11, 40], [3, 1, 1, 40]), ([2, 16, 16, 96], [1, 1, 1, 96])]
+        {
+            assert!(x.iter().product::<usize>() >= crate::kernels::parts::MIN_VALUES);
             bit_identical::<ChannelScale>(model(Box::new(mul()), &x, &s), &x, &s);
         }
     }
@@ -431,22 +506,16 @@ mod tests {
 
     #[test]
     fn spatial_sums_match_tract_reduce() {
-        use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
-        let cases = [(vec![1, 7, 5, 32], vec![1, 2]), (vec![6, 4, 96], vec![0, 1]), (vec![4, 3, 5, 32], vec![1, 2])];
+        let cases = [
+            (vec![1, 7, 5, 32], vec![1, 2]),
+            (vec![6, 4, 96], vec![0, 1]),
+            (vec![4, 3, 5, 32], vec![1, 2]),
+            // Past `MIN_VALUES`: an image a part.
+            (vec![2, 16, 16, 96], vec![1, 2]),
+            (vec![3, 13, 11, 40], vec![1, 2]),
+        ];
         for (shape, axes) in cases {
-            let mut m = TypedModel::default();
-            let x = m.add_source("x", f32::fact(&shape)).unwrap();
-            let y = m.wire_node("sum", Reduce::new(axes.into(), Reducer::Sum), &[x]).unwrap();
-            m.select_output_outlets(&y).unwrap();
-            let mut rewritten = m.clone();
-            assert_eq!(rewrite(&mut rewritten).unwrap(), 1);
-            assert!(rewritten.nodes.iter().any(|n| n.op_is::<SpatialSum>()));
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
-            let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
+            sums_match::<SpatialSum>(reduce(&shape, &axes), &shape);
         }
     }
 
@@ -476,21 +545,20 @@ mod tests {
 
     #[test]
     fn plane_sums_match_tract_reduce() {
-        for shape in [vec![1, 320, 2, 2], vec![3, 24, 16, 16], vec![2, 5, 7]] {
+        for shape in [vec![1, 320, 2, 2], vec![3, 24, 16, 16], vec![2, 5, 7], vec![2, 16, 32, 32]] {
             let r = shape.len();
-            let mut m = TypedModel::default();
-            let x = m.add_source("x", f32::fact(&shape)).unwrap();
-            let y = m.wire_node("sum", Reduce::new((2..r).collect(), Reducer::Sum), &[x]).unwrap();
-            m.select_output_outlets(&y).unwrap();
-            let mut rewritten = m.clone();
-            assert_eq!(rewrite(&mut rewritten).unwrap(), 1);
-            assert!(rewritten.nodes.iter().any(|n| n.op_is::<PlaneSum>()));
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
-            let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-            crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
+            sums_match::<PlaneSum>(reduce(&shape, &(2..r).collect::<Vec<_>>()), &shape);
+        }
+        // The feature pools of a grouped layout, `[N, 1, C, H, W]`.
+        for shape in [vec![2, 1, 112, 4, 4], vec![2, 1, 16, 32, 32]] {
+            sums_match::<PlaneSum>(reduce(&shape, &[3, 4]), &shape);
+        }
+        // Not planes: a channel summed with a spatial axis, or a kept axis
+        // after a summed one.
+        for (shape, axes) in [(vec![2, 3, 4, 5], vec![1, 3]), (vec![2, 3, 4, 5], vec![2])] {
+            let mut m = reduce(&shape, &axes);
+            rewrite(&mut m).unwrap();
+            assert!(!m.nodes.iter().any(|n| n.op_is::<PlaneSum>()), "{shape:?} {axes:?}");
         }
     }
 

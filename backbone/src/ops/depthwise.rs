@@ -44,6 +44,9 @@ pub struct DepthwiseNhwc {
     pub weights: Arc<Tensor>,
     /// `[C]`.
     pub bias: Arc<Tensor>,
+    /// Whether tract's SiLU follows, applied by each part to the rows it
+    /// wrote ([`fuse_silu`]).
+    pub silu: bool,
 }
 
 impl Op for DepthwiseNhwc {
@@ -74,7 +77,12 @@ impl EvalOp for DepthwiseNhwc {
         };
         ensure!(c == self.bias.len(), "DepthwiseNhwc has {} channels, input {c}", self.bias.len());
         let [oh, ow] = self.output;
-        let mut out = vec![0f32; n * oh * ow * c];
+        let shape: TVec<usize> = if shape.len() == 4 { tvec![n, oh, ow, c] } else { tvec![oh, ow, c] };
+        // Not zeroed: every value is written by the part that owns its row,
+        // which is then the first core to touch it.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let mut ram = out.try_as_plain_ram_mut()?;
+        let out_values = ram.as_slice_mut::<f32>()?;
         let weights = self.weights.try_as_plain_ram()?;
         let bias = self.bias.try_as_plain_ram()?;
         let geometry = Geometry {
@@ -91,23 +99,22 @@ impl EvalOp for DepthwiseNhwc {
         crate::ops::flat::with_values(&x, |x| {
             // Units are output rows, `n * oh` of them; a part's rows may
             // span two images.
-            crate::kernels::parts::for_each_rows(&mut out, ow * c, threads, |units, mut out| {
+            crate::kernels::parts::for_each_rows(out_values, ow * c, threads, |units, mut out| {
+                let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
                 let mut u = units.start;
                 while u < units.end {
                     let (image, oy) = (u / oh, u % oh);
                     let rows = oy..oh.min(oy + units.end - u);
                     let (here, rest) = out.split_at_mut(rows.len() * ow * c);
                     run(&geometry, &x[image * h * w * c..][..h * w * c], weights, bias, here, rows.clone());
+                    if let Some(silu) = &silu {
+                        silu.run(here)?;
+                    }
                     (u, out) = (u + rows.len(), rest);
                 }
                 Ok(())
             })
         })?;
-        let out = if shape.len() == 4 {
-            Tensor::from_shape(&[n, oh, ow, c], &out)?
-        } else {
-            Tensor::from_shape(&[oh, ow, c], &out)?
-        };
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -321,6 +328,7 @@ fn depthwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         output,
         weights: Arc::new(Tensor::from_shape(&[kh * kw, channels], &weights)?),
         bias: Arc::new(Tensor::from_shape(&[channels], &bias)?),
+        silu: false,
     }))
 }
 
@@ -412,6 +420,32 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
         replaced += 1;
     }
     Ok(replaced)
+}
+
+/// Folds each SiLU that alone consumes a [`DepthwiseNhwc`] into it, on the
+/// optimised graph: every part then applies tract's own SiLU routine to
+/// the rows it wrote (the same function, so the same bits), while they
+/// are in its core's cache. Left to tract, the SiLU ran on the calling
+/// thread over the whole map, which then moved between cores twice a
+/// block when frames split over threads. Returns how many it folded.
+pub fn fuse_silu(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<DepthwiseNhwc>().filter(|op| !op.silu) else { continue };
+        let Some(next) = crate::ops::pointwise::sole_successor(model, id.into()) else { continue };
+        if !crate::ops::pointwise::is_silu(model.node(next)) {
+            continue;
+        }
+        let op = DepthwiseNhwc { silu: true, ..op.clone() };
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let y = patch.wire_node(&node.name, op, &[x])?;
+        patch.shunt_outside(model, next.into(), y[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
 }
 
 #[cfg(test)]
@@ -520,6 +554,46 @@ mod tests {
                 };
                 assert!(bits(&one) == bits(&many), "{c} channels, {threads} threads: not the one-thread bits");
             }
+        }
+    }
+
+    /// The SiLU folded into the op gives tract's SiLU's bits, whole or
+    /// split over threads; a SiLU that shares its input stays tract's.
+    #[test]
+    fn folds_the_silu_after_it() {
+        use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+        use tract_onnx::tract_core::ops::nn::Silu;
+        for (n, c, hw, k, s) in [(2, 96, [16, 16], 3, 1), (3, 40, [13, 11], 5, 2)] {
+            let mut m = model(n, c, hw, k, s, PaddingSpec::SameUpper);
+            let dw = m.output_outlets().unwrap()[0];
+            let y = m.wire_node("silu", ElementWiseOp(Box::new(Silu {}), None), &[dw]).unwrap();
+            m.select_output_outlets(&y).unwrap();
+            assert_eq!(rewrite(&mut m).unwrap(), 1);
+            let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc").unwrap().unwrap();
+            t.transform(&mut m).unwrap();
+            let plain = m.into_optimized().unwrap();
+            let mut fused = plain.clone();
+            assert_eq!(fuse_silu(&mut fused).unwrap(), 1);
+            assert!(!fused.nodes.iter().any(crate::ops::pointwise::is_silu));
+            let shape = [n, c, hw[0], hw[1]];
+            let data: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| (i as f32 * 0.37).cos()).collect();
+            let input = || tvec![Tensor::from_shape(&shape, &data).unwrap().into_tvalue()];
+            let bits =
+                |t: TValue| t.to_plain_array_view::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let want = bits(plain.into_runnable().unwrap().run(input()).unwrap().remove(0));
+            let plan = fused.into_runnable().unwrap();
+            for threads in [1, 2, 3] {
+                let got = crate::kernels::parts::with_threads(threads, || plan.run(input()).unwrap().remove(0));
+                assert!(want == bits(got), "{c} channels, {threads} threads: not tract's SiLU bits");
+            }
+            // The convolution's output also leaves the graph: the SiLU stays.
+            let mut m = model(n, c, hw, k, s, PaddingSpec::SameUpper);
+            let dw = m.output_outlets().unwrap()[0];
+            let y = m.wire_node("silu", ElementWiseOp(Box::new(Silu {}), None), &[dw]).unwrap();
+            m.select_output_outlets(&[dw, y[0]]).unwrap();
+            rewrite(&mut m).unwrap();
+            let mut m = m.into_optimized().unwrap();
+            assert_eq!(fuse_silu(&mut m).unwrap(), 0);
         }
     }
 

@@ -322,24 +322,50 @@ impl Pointwise {
                 let (b0, b1) = (g * per_group, ((g + 1) * per_group).min(blocks));
                 let (o0, o1) = (b0 * width, (b1 * width).min(self.cout));
                 let cols = o1 - o0;
-                let band = &mut scratch[..rows * cols];
                 let k = Kernel { cin, cout: cols, channels: &self.x.channels };
-                self.band_with(&k, x, &offsets, &weights[b0 * cin * width..b1 * cin * width], &bias[o0..], band);
+                let (weights, bias) = (&weights[b0 * cin * width..b1 * cin * width], &bias[o0..]);
+                let start = b * self.y.batch + p0 * self.y.pixel + o0 * self.y.channel;
+                // SAFETY (the three `out` accesses below): unit (t, g) is
+                // the only one that holds pixels p0.. of image b and
+                // channels o0..o1, and `injective` checked that no other
+                // value shares their indices.
+                if self.y.channel == 1 && self.y.pixel == cols {
+                    // The tile's values are one run of the output, as on
+                    // the serial path: the kernel writes them in place.
+                    let band = unsafe { out.rows(start..start + rows * cols) };
+                    self.band_with(&k, x, &offsets, weights, bias, band);
+                    if let Some(silu) = &silu {
+                        silu.run(band)?;
+                    }
+                    if let Some(r) = r {
+                        crate::kernels::simd::sum_rows(band, &r[start..][..rows * cols]);
+                    }
+                    continue;
+                }
+                let band = &mut scratch[..rows * cols];
+                self.band_with(&k, x, &offsets, weights, bias, band);
                 if let Some(silu) = &silu {
                     silu.run(band)?;
                 }
-                let start = b * self.y.batch + p0 * self.y.pixel;
+                if self.y.channel == 1 {
+                    // A run of `cols` values a pixel.
+                    for (p, values) in band.chunks_exact(cols).enumerate() {
+                        let at = start + p * self.y.pixel;
+                        let run = unsafe { out.rows(at..at + cols) };
+                        run.copy_from_slice(values);
+                        if let Some(r) = r {
+                            crate::kernels::simd::sum_rows(run, &r[at..][..cols]);
+                        }
+                    }
+                    continue;
+                }
                 for p in 0..rows {
                     for o in 0..cols {
-                        let i = start + p * self.y.pixel + (o0 + o) * self.y.channel;
+                        let i = start + p * self.y.pixel + o * self.y.channel;
                         let mut v = band[p * cols + o];
                         if let Some(r) = r {
                             v += r[i];
                         }
-                        // SAFETY: unit (t, g) is the only one that holds
-                        // pixel p0 + p of image b and channel o0 + o, and
-                        // `injective` checked that no other value shares
-                        // its index.
                         unsafe { out.write(i, v) };
                     }
                 }
