@@ -272,6 +272,18 @@ impl Pointwise {
                 }
                 let band = &mut scratch[..rows * self.cout];
                 finish(band)?;
+                if self.y.pixel == 1 {
+                    // Channel-first: a run of `rows` values a channel.
+                    for o in 0..self.cout {
+                        let at = start + o * self.y.channel;
+                        let run = &mut y[at..][..rows];
+                        gather_column(run, band, self.cout, o);
+                        if let Some(r) = r {
+                            crate::kernels::simd::sum_rows(run, &r[at..][..rows]);
+                        }
+                    }
+                    continue;
+                }
                 for o in 0..self.cout {
                     for p in 0..rows {
                         let i = start + p * self.y.pixel + o * self.y.channel;
@@ -325,7 +337,7 @@ impl Pointwise {
                 let k = Kernel { cin, cout: cols, channels: &self.x.channels };
                 let (weights, bias) = (&weights[b0 * cin * width..b1 * cin * width], &bias[o0..]);
                 let start = b * self.y.batch + p0 * self.y.pixel + o0 * self.y.channel;
-                // SAFETY (the three `out` accesses below): unit (t, g) is
+                // SAFETY (every `out` access below): unit (t, g) is
                 // the only one that holds pixels p0.. of image b and
                 // channels o0..o1, and `injective` checked that no other
                 // value shares their indices.
@@ -355,6 +367,18 @@ impl Pointwise {
                         run.copy_from_slice(values);
                         if let Some(r) = r {
                             crate::kernels::simd::sum_rows(run, &r[at..][..cols]);
+                        }
+                    }
+                    continue;
+                }
+                if self.y.pixel == 1 {
+                    // Channel-first: a run of `rows` values a channel.
+                    for o in 0..cols {
+                        let at = start + o * self.y.channel;
+                        let run = unsafe { out.rows(at..at + rows) };
+                        gather_column(run, band, cols, o);
+                        if let Some(r) = r {
+                            crate::kernels::simd::sum_rows(run, &r[at..][..rows]);
                         }
                     }
                     continue;
@@ -526,6 +550,14 @@ fn band_body<const P: usize, const W: usize>(
                 row[..n].copy_from_slice(&sums[..n]);
             }
         }
+    }
+}
+
+/// Column `o` of a band of `cols`-value rows, into `run` (one value a row).
+#[inline]
+fn gather_column(run: &mut [f32], band: &[f32], cols: usize, o: usize) {
+    for (v, row) in run.iter_mut().zip(band.chunks_exact(cols)) {
+        *v = row[o];
     }
 }
 
