@@ -435,9 +435,9 @@ impl Backbone {
 
     /// Threads one frame's kernels may use, process-wide (1, the default,
     /// runs every kernel on the calling thread): the project's own
-    /// convolutions and the channel-last ops around them split over them
-    /// (`kernels::parts`); tract's other operators (the squeeze-excitation's
-    /// sigmoid, reshapes, the flip) stay on the calling thread. A device with spare cores can
+    /// convolutions split over them (`kernels::parts`); tract's other
+    /// operators and the small channel-last ones stay on the calling
+    /// thread. A device with spare cores can
     /// trade them for latency; the features are the same bits at every
     /// count, and the head does not use them.
     pub fn set_threads(threads: usize) {

@@ -3,19 +3,16 @@
 //! The project's kernels (the 1x1 convolutions, the depthwise convolutions)
 //! do most of a frame's work, so `--threads N` (`Backbone::set_threads`)
 //! splits theirs here; a count of one (the default) runs every kernel
-//! inline.
-//!
-//! Every op splits the same way, by output rows in order, so with a frame
-//! of two views (the flip average) and two threads each core computes one
-//! view through the whole network: the squeeze-excitation's scale and
-//! sums and the feature pools split too, and the SiLU after a depthwise
-//! convolution runs inside it. Left on the calling thread, those small
-//! ops pulled the other core's half of every map across and back, and
-//! two threads ran the early blocks slower than one (a 2-core EPYC VM:
-//! the first expansion 0.65x, the depthwise convolutions 0.5x). tract's own thread pool is not linked: on EfficientNet-b0 at
+//! inline. tract's own thread pool is not linked: on EfficientNet-b0 at
 //! 64x64 its matrix products were too small to gain from it, and its rayon
 //! pool was 2.5 MB of a 16.8 MB firmware. tract's remaining operators run
-//! on the calling thread.
+//! on the calling thread, and so do the channel-last ops' sums and scales
+//! (`ops::channel_last`): split by rows like the convolutions, those 64
+//! calls of a few microseconds each made a two-thread frame slower, the
+//! hand-off costing more than the halves saved (six interleaved rounds, a
+//! 2-core EPYC VM: 0.71-0.94x of the frame without the split). The SiLU
+//! after a depthwise convolution runs inside it
+//! (`ops::depthwise::fuse_silu`), on each part's rows.
 //!
 //! The parts run on a team of threads (the private `team` module) that spin between calls rather
 //! than on a sleeping pool: a frame is some eighty kernel calls a few
@@ -77,23 +74,6 @@ pub fn threads() -> usize {
 /// one below [`MIN_WORK`], else [`threads`].
 pub fn threads_for(work: usize) -> usize {
     if work < MIN_WORK {
-        1
-    } else {
-        threads()
-    }
-}
-
-/// Values an element-wise call must touch before it splits: about the
-/// map a part's core would otherwise have to fetch from the core that
-/// wrote it (64 KiB), which costs more than the hand-off.
-pub const MIN_VALUES: usize = 1 << 14;
-
-/// The threads an element-wise call over `values` should split over: one
-/// below [`MIN_VALUES`], else [`threads`]. Split the same way as the
-/// convolutions around them (by rows, so by image first), each part
-/// touches the values its own core wrote.
-pub fn threads_for_values(values: usize) -> usize {
-    if values < MIN_VALUES {
         1
     } else {
         threads()

@@ -88,20 +88,10 @@ impl EvalOp for ChannelScale {
             let images = scale.len() / channels.max(1);
             ensure!(channels > 0 && images > 0 && scale.len() == images * channels, "channel scale shape");
             ensure!(a.len().is_multiple_of(images * channels), "channel scale shape");
-            let per_image = a.len() / images / channels;
-            let threads = crate::kernels::parts::threads_for_values(a.len());
-            // By rows, as the convolutions split their outputs.
-            crate::kernels::parts::for_each_rows(a, channels, threads, |units, mut rows| {
-                let mut u = units.start;
-                while u < units.end {
-                    let image = u / per_image;
-                    let n = ((image + 1) * per_image).min(units.end) - u;
-                    let (here, rest) = rows.split_at_mut(n * channels);
-                    crate::kernels::simd::scale_rows(here, &scale[image * channels..][..channels]);
-                    (u, rows) = (u + n, rest);
-                }
-                Ok(())
-            })
+            for (image, scale) in a.chunks_exact_mut(a.len() / images).zip(scale.chunks_exact(channels)) {
+                crate::kernels::simd::scale_rows(image, scale);
+            }
+            Ok(())
         })
     }
 }
@@ -147,15 +137,10 @@ impl EvalOp for SpatialSum {
         let mut sum = vec![0f32; images * channels];
         with_values(&x, |values| {
             ensure!(channels > 0 && images > 0 && values.len().is_multiple_of(images), "spatial sum shape");
-            let per_image = values.len() / images;
-            // An image a part, where the convolutions before wrote it.
-            let threads = crate::kernels::parts::threads_for_values(values.len());
-            crate::kernels::parts::for_each_rows(&mut sum, channels, threads, |units, sums| {
-                for (image, sum) in units.zip(sums.chunks_exact_mut(channels)) {
-                    crate::kernels::simd::sum_rows(sum, &values[image * per_image..][..per_image]);
-                }
-                Ok(())
-            })
+            for (image, sum) in values.chunks_exact(values.len() / images).zip(sum.chunks_exact_mut(channels)) {
+                crate::kernels::simd::sum_rows(sum, image);
+            }
+            Ok(())
         })?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sum)?.into_tvalue()))
     }
@@ -244,18 +229,8 @@ impl EvalOp for PlaneSum {
         ensure!(plane > 0, "empty planes");
         let mut out_shape: TVec<usize> = shape.iter().map(|_| 1).collect();
         out_shape[..kept].copy_from_slice(&shape[..kept]);
-        let mut sums = vec![0f32; x.len() / plane];
-        with_values(&x, |values| {
-            // By planes, so by image first, where the convolution before
-            // wrote them; each plane's sum is the same whichever part runs it.
-            let threads = crate::kernels::parts::threads_for_values(values.len());
-            crate::kernels::parts::for_each_rows(&mut sums, 1, threads, |units, sums| {
-                for (s, p) in sums.iter_mut().zip(units) {
-                    *s = crate::kernels::simd::sum(&values[p * plane..][..plane]);
-                }
-                Ok(())
-            })
-        })?;
+        let sums: Vec<f32> =
+            with_values(&x, |values| Ok(values.chunks_exact(plane).map(crate::kernels::simd::sum).collect()))?;
         Ok(tvec!(Tensor::from_shape(&out_shape, &sums)?.into_tvalue()))
     }
 }
@@ -420,19 +395,13 @@ mod tests {
         let inputs = || {
             tvec![Tensor::from_shape(x, &xv).unwrap().into_tvalue(), Tensor::from_shape(s, &sv).unwrap().into_tvalue(),]
         };
-        let want = generic.into_runnable().unwrap().run(inputs()).unwrap().remove(0).into_tensor();
-        let plan = rewritten.into_runnable().unwrap();
-        // Split over threads too (where the map is big enough to split),
-        // still the same bits.
-        for threads in [1, 2, 3] {
-            let got = crate::kernels::parts::with_threads(threads, || plan.run(inputs()).unwrap().remove(0));
-            assert_eq!(want, got.into_tensor(), "{x:?} {s:?}, {threads} threads");
-        }
+        let want = generic.into_runnable().unwrap().run(inputs()).unwrap().remove(0);
+        let got = rewritten.into_runnable().unwrap().run(inputs()).unwrap().remove(0);
+        assert_eq!(want.into_tensor(), got.into_tensor(), "{x:?} {s:?}");
     }
 
-    /// Runs `m` and its rewrite, at one to three threads: each must put an
-    /// `O` in, and every thread count must give the one-thread bits, within
-    /// `1e-5` of tract's reduction.
+    /// Runs `m` and its rewrite, which must put an `O` in and give tract's
+    /// reduction within `1e-5`.
     fn sums_match<O: Op>(m: TypedModel, shape: &[usize]) {
         let mut rewritten = m.clone();
         assert_eq!(rewrite(&mut rewritten).unwrap(), 1, "{shape:?}");
@@ -441,13 +410,8 @@ mod tests {
         let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
         let input = || tvec![Tensor::from_shape(shape, &data).unwrap().into_tvalue()];
         let want = m.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
-        let plan = rewritten.into_runnable().unwrap();
-        let one = plan.run(input()).unwrap().remove(0).into_tensor();
-        crate::ops::flat::assert_tensors_close(&want, &one, 1e-5, &format!("{shape:?}"));
-        for threads in [2, 3] {
-            let got = crate::kernels::parts::with_threads(threads, || plan.run(input()).unwrap().remove(0));
-            assert_eq!(one, got.into_tensor(), "{shape:?}, {threads} threads");
-        }
+        let got = rewritten.into_runnable().unwrap().run(input()).unwrap().remove(0).into_tensor();
+        crate::ops::flat::assert_tensors_close(&want, &got, 1e-5, &format!("{shape:?}"));
     }
 
     fn reduce(shape: &[usize], axes: &[usize]) -> TypedModel {
@@ -467,15 +431,9 @@ mod tests {
             let (x, s) = ([3, 5, 3, channels], [3, 1, 1, channels]);
             bit_identical::<ChannelScale>(model(Box::new(mul()), &x, &s), &x, &s);
         }
-        // Maps past `MIN_VALUES`, which split over threads by rows: two
-        // images of 96 channels (a part a view), three of 40 (a part
-        // spanning images), and one scale vector for both images.
-        for (x, s) in
-            [([2, 16, 16, 96], [2, 1, 1, 96]), ([3, 13, 11, 40], [3, 1, 1, 40]), ([2, 16, 16, 96], [1, 1, 1, 96])]
-        {
-            assert!(x.iter().product::<usize>() >= crate::kernels::parts::MIN_VALUES);
-            bit_identical::<ChannelScale>(model(Box::new(mul()), &x, &s), &x, &s);
-        }
+        // One scale vector for a batch.
+        let (x, s) = ([2, 16, 16, 96], [1, 1, 1, 96]);
+        bit_identical::<ChannelScale>(model(Box::new(mul()), &x, &s), &x, &s);
     }
 
     /// tract's optimiser turns some of these multiplies into its unicast
@@ -506,14 +464,7 @@ mod tests {
 
     #[test]
     fn spatial_sums_match_tract_reduce() {
-        let cases = [
-            (vec![1, 7, 5, 32], vec![1, 2]),
-            (vec![6, 4, 96], vec![0, 1]),
-            (vec![4, 3, 5, 32], vec![1, 2]),
-            // Past `MIN_VALUES`: an image a part.
-            (vec![2, 16, 16, 96], vec![1, 2]),
-            (vec![3, 13, 11, 40], vec![1, 2]),
-        ];
+        let cases = [(vec![1, 7, 5, 32], vec![1, 2]), (vec![6, 4, 96], vec![0, 1]), (vec![4, 3, 5, 32], vec![1, 2])];
         for (shape, axes) in cases {
             sums_match::<SpatialSum>(reduce(&shape, &axes), &shape);
         }
