@@ -1418,9 +1418,40 @@ fn bench_train(
     }
     sync();
     let forward = (steps as i64 * batch) as f64 / t.elapsed().as_secs_f64();
+    // Where a step's time goes besides the network: the optimiser's update
+    // (what a fused step could shorten) and the trainer's augmentation of
+    // a batch on the CPU (what a loader thread could take off the step).
+    let (mut pass, mut update) = (0.0, 0.0);
+    for _ in 0..steps {
+        let t = Instant::now();
+        let loss = net.logits_t(&xs, true).cross_entropy_for_logits(&ys);
+        opt.zero_grad();
+        loss.backward();
+        sync();
+        pass += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        opt.step();
+        sync();
+        update += t.elapsed().as_secs_f64();
+    }
+    let images = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+    let norm = crate::prep::Normalization { mean: [0.5; 3], std: [0.25; 3] };
+    let mut rng = crate::rng::Rng::new(0);
+    let mut augment_ms = |policy: Option<crate::randaugment::RandAugment>| {
+        let recipe = crate::train::Recipe { randaugment: policy, ..crate::train::Recipe::default_for(5, size as u16) };
+        let t = Instant::now();
+        for _ in 0..steps {
+            let _ = crate::train::augment(&images, &recipe, &norm, &mut rng);
+        }
+        t.elapsed().as_secs_f64() * 1e3 / steps as f64
+    };
+    let augment = augment_ms(None);
+    let augment_ra = augment_ms(Some(crate::randaugment::RandAugment { ops: 2, magnitude: 9 }));
+    let per_step = |s: f64| s * 1e3 / steps as f64;
     println!(
         "{}",
-        serde_json::json!({"impl": "tch", "memory_format": layout, "device": format!("{device:?}"), "train_img_s": train, "forward_img_s": forward, "size": size, "batch": batch, "threads": threads})
+        serde_json::json!({"impl": "tch", "memory_format": layout, "device": format!("{device:?}"), "train_img_s": train, "forward_img_s": forward, "size": size, "batch": batch, "threads": threads,
+            "step_parts_ms": {"forward_backward": per_step(pass), "optimizer": per_step(update), "augment": augment, "augment_randaugment_2_9": augment_ra}})
     );
     Ok(())
 }

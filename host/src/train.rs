@@ -272,7 +272,7 @@ fn to_tensor(inputs: Vec<f32>, n: usize, size: usize) -> Tensor {
 /// RandAugment (when the recipe has it), then random crop (zero padding in
 /// normalised space, i.e. the mean colour), horizontal flip and cutout, per
 /// sample.
-fn augment(xs: &Tensor, recipe: &Recipe, norm: &Normalization, rng: &mut Rng) -> Tensor {
+pub(crate) fn augment(xs: &Tensor, recipe: &Recipe, norm: &Normalization, rng: &mut Rng) -> Tensor {
     let randomised = recipe.randaugment.map(|policy| rand_augment(xs, policy, norm, rng));
     let xs = randomised.as_ref().unwrap_or(xs);
     let size = recipe.size as i64;
