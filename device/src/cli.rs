@@ -46,7 +46,10 @@ struct Args {
     /// Write the served path to this file once ready (for scripts).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Threads the backbone's kernels may use.
+    /// Threads the backbone's convolutions split over (x86-64; on ARM
+    /// tract's own kernels run on one). The features are the same bits at
+    /// every count; helpers spin briefly between a frame's calls, so one
+    /// (the default) is the frugal choice for a battery device.
     #[arg(long, default_value_t = 1)]
     threads: usize,
 }
