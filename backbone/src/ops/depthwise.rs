@@ -78,8 +78,11 @@ impl EvalOp for DepthwiseNhwc {
         ensure!(c == self.bias.len(), "DepthwiseNhwc has {} channels, input {c}", self.bias.len());
         let [oh, ow] = self.output;
         let shape: TVec<usize> = if shape.len() == 4 { tvec![n, oh, ow, c] } else { tvec![oh, ow, c] };
-        // Not zeroed: every value is written by the part that owns its row,
-        // which is then the first core to touch it.
+        // Not zeroed, so that the part that owns a row is the first core to
+        // touch it.
+        // SAFETY: f32 has no invalid bit patterns, and every value is
+        // written before the tensor leaves: the parts cover every output
+        // row, and `run` writes each row's pixels whole, every channel.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         let mut ram = out.try_as_plain_ram_mut()?;
         let out_values = ram.as_slice_mut::<f32>()?;
