@@ -244,66 +244,21 @@ impl Pointwise {
         let threads = crate::kernels::parts::threads_for(self.batch * self.pixels * self.cin * self.cout);
         let extents = [self.batch, self.pixels, self.cout];
         let strides = [self.y.batch, self.y.pixel, self.y.channel];
-        if threads > 1 && crate::kernels::parts::injective(extents, strides) {
-            return self.run_parts(threads, x, r, y, weights, bias);
-        }
-        let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
-        let direct = self.y.channel == 1 && self.y.pixel == self.cout;
-        let mut scratch = if direct { vec![] } else { vec![0f32; self.tile * self.cout] };
-        for b in 0..self.batch {
-            for p0 in (0..self.pixels).step_by(self.tile) {
-                let rows = self.tile.min(self.pixels - p0);
-                let offsets = self.tile_offsets(b, p0);
-                let finish = |band: &mut [f32]| -> TractResult<()> {
-                    self.band(x, &offsets, weights, bias, band);
-                    if let Some(silu) = &silu {
-                        silu.run(band)?;
-                    }
-                    Ok(())
-                };
-                let start = b * self.y.batch + p0 * self.y.pixel;
-                if direct {
-                    let band = &mut y[start..][..rows * self.cout];
-                    finish(band)?;
-                    if let Some(r) = r {
-                        crate::kernels::simd::sum_rows(band, &r[start..][..rows * self.cout]);
-                    }
-                    continue;
-                }
-                let band = &mut scratch[..rows * self.cout];
-                finish(band)?;
-                if self.y.pixel == 1 {
-                    // Channel-first: a run of `rows` values a channel.
-                    for o in 0..self.cout {
-                        let at = start + o * self.y.channel;
-                        let run = &mut y[at..][..rows];
-                        gather_column(run, band, self.cout, o);
-                        if let Some(r) = r {
-                            crate::kernels::simd::sum_rows(run, &r[at..][..rows]);
-                        }
-                    }
-                    continue;
-                }
-                for o in 0..self.cout {
-                    for p in 0..rows {
-                        let i = start + p * self.y.pixel + o * self.y.channel;
-                        y[i] = band[p * self.cout + o];
-                        if let Some(r) = r {
-                            y[i] += r[i];
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+        // Parts write concurrently only where no two output values share
+        // an index; one part runs its units in order, which any strides
+        // allow.
+        let threads = if crate::kernels::parts::injective(extents, strides) { threads } else { 1 };
+        self.run_parts(threads, x, r, y, weights, bias)
     }
 
-    /// [`run_into`](Self::run_into) split over `threads`: the units are the
-    /// register tiles, and where a layer has too few of them to go round
-    /// (the late blocks' 2x2 and 4x4 planes, whose time is streaming their
-    /// weights) each tile's output channels too, in groups of whole
-    /// blocks. Each unit computes into a band of its own and writes its
-    /// values once; a value's arithmetic is the serial path's.
+    /// [`run_into`](Self::run_into) over `threads` parts (one: inline, in
+    /// order). The units are the register tiles, and where a layer has too
+    /// few of them to go round (the late blocks' 2x2 and 4x4 planes, whose
+    /// time is streaming their weights) each tile's output channels too,
+    /// in groups of whole blocks. Each unit computes its band in place
+    /// where the band is one run of the output, else into scratch, and
+    /// writes each value once; a value's arithmetic is the same at every
+    /// thread count.
     fn run_parts(
         &self,
         threads: usize,
@@ -318,14 +273,15 @@ impl Pointwise {
         let blocks = self.cout.div_ceil(self.width);
         // Two units a thread at least, so that an uneven part (a short
         // last tile, a busy core) costs less.
-        let groups = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(blocks) };
+        let groups = if threads < 2 || tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles).min(blocks) };
         let per_group = blocks.div_ceil(groups);
         let groups = blocks.div_ceil(per_group);
         let out = crate::kernels::parts::Disjoint::new(y);
         let (cin, width) = (self.cin, self.width);
         crate::kernels::parts::for_each_part(tiles * groups, threads, |range| {
             let silu = if self.silu { Some(tract_linalg::routines::Func::Silu.ew_f32()?) } else { None };
-            let mut scratch = vec![0f32; self.tile * per_group * width];
+            // Only the layouts that are not written in place need it.
+            let mut scratch = Vec::new();
             for unit in range {
                 let (t, g) = (unit / groups, unit % groups);
                 let (b, p0) = (t / per_image, (t % per_image) * self.tile);
@@ -339,13 +295,14 @@ impl Pointwise {
                 let start = b * self.y.batch + p0 * self.y.pixel + o0 * self.y.channel;
                 // SAFETY (every `out` access below): unit (t, g) is
                 // the only one that holds pixels p0.. of image b and
-                // channels o0..o1, and `injective` checked that no other
-                // value shares their indices.
+                // channels o0..o1; with more than one part `injective`
+                // checked that no other value shares their indices, and a
+                // single part's slices each end before the next is made.
                 if self.y.channel == 1 && self.y.pixel == cols {
                     // The tile's values are one run of the output, as on
                     // the serial path: the kernel writes them in place.
                     let band = unsafe { out.rows(start..start + rows * cols) };
-                    self.band_with(&k, x, &offsets, weights, bias, band);
+                    self.band(&k, x, &offsets, weights, bias, band);
                     if let Some(silu) = &silu {
                         silu.run(band)?;
                     }
@@ -354,8 +311,9 @@ impl Pointwise {
                     }
                     continue;
                 }
+                scratch.resize(self.tile * per_group * width, 0f32);
                 let band = &mut scratch[..rows * cols];
-                self.band_with(&k, x, &offsets, weights, bias, band);
+                self.band(&k, x, &offsets, weights, bias, band);
                 if let Some(silu) = &silu {
                     silu.run(band)?;
                 }
@@ -409,16 +367,10 @@ impl Pointwise {
         offsets
     }
 
-    /// One band of `rows` pixels, every output channel, into `band`
-    /// (`[rows, cout]`), with the widest vector unit this CPU has.
-    fn band(&self, x: &[f32], offsets: &[usize; MAX_TILE], weights: &[f32], bias: &[f32], band: &mut [f32]) {
-        let k = Kernel { cin: self.cin, cout: self.cout, channels: &self.x.channels };
-        self.band_with(&k, x, offsets, weights, bias, band)
-    }
-
-    /// A band of `k.cout` channels: `weights` and `bias` start at its
-    /// first block.
-    fn band_with(
+    /// One band of the tile's pixels and `k.cout` output channels into
+    /// `band` (`[rows, k.cout]`), with the widest vector unit this CPU
+    /// has: `weights` and `bias` start at the band's first block.
+    fn band(
         &self,
         k: &Kernel,
         x: &[f32],
