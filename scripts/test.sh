@@ -20,8 +20,9 @@ fi
 
 # ARM edge devices (Raspberry Pi, Jetson): the crates a device runs, built
 # for aarch64 and tested under qemu-user (.cargo/config.toml names the
-# linker and the runner). On ARM the x86 kernels step aside and tract's own
-# run; the op tests hold both to the same features.
+# linker and the runner). On ARM a one-thread load runs tract's own
+# kernels and a split load the project's portable ones; the backbone's
+# tests hold both to tract's features.
 arm=aarch64-unknown-linux-gnu
 arm_packages=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 arm_missing=()

@@ -20,7 +20,8 @@
 //! backbones the rewrites leave alone. A graph with any other op is not
 //! written, and loads from its ONNX every time.
 //!
-//! On a CPU the project's kernels do not serve (aarch64), tract's layout
+//! Where the project's kernels do not serve (aarch64 at one thread,
+//! [`crate::kernels::serve`]), tract's layout
 //! pass lowers each depthwise convolution to its own `DepthWise` op, a
 //! type private to tract. The bytes then hold the channel-last `Conv` it
 //! was lowered from ([`lowered_depthwise`] records them before the pass),
@@ -83,9 +84,10 @@ pub enum CompiledError {
 
 /// The build and CPU the compiled bytes belong to: this crate's sources
 /// and pinned tract (hashed by the build script, so any change to an op's
-/// fields or loops makes old bytes stale) and the widest kernel set the
-/// CPU has (the rewrites pick register tiles and pack weights for it), and
-/// which rewrites the environment switched off.
+/// fields or loops makes old bytes stale), the kernel set the load picks
+/// ([`crate::kernels::set_name`]: tract's own, or the widest vector width
+/// the CPU has, for which the rewrites pick register tiles and pack
+/// weights), and which rewrites the environment switched off.
 pub fn fingerprint() -> String {
     let switches: Vec<&str> = crate::SWITCHES.into_iter().filter(|s| crate::switched_off(s)).collect();
     format!(
@@ -93,7 +95,7 @@ pub fn fingerprint() -> String {
         env!("CARGO_PKG_VERSION"),
         env!("GAUSSEDGE_BACKBONE_SOURCE"),
         std::env::consts::ARCH,
-        crate::kernels::Isa::detected().name(),
+        crate::kernels::set_name(),
         if switches.is_empty() { String::new() } else { format!(" off {}", switches.join(",")) }
     )
 }
@@ -601,14 +603,14 @@ impl Writer {
             self.u8(CONCAT);
             self.usize(c.axis);
         } else if let Some(c) = op.downcast_ref::<Conv>() {
-            // tract's own convolution: what a CPU the project's kernels do
-            // not serve runs (the aarch64 build), its weights and bias
-            // constant inputs.
+            // tract's own convolution: what runs where the project's
+            // kernels do not serve (aarch64 at one thread), its weights
+            // and bias constant inputs.
             self.u8(CONV);
             self.conv(c)?;
         } else if let Some(e) = op.downcast_ref::<EinSum>() {
             // What tract's declutter makes of the 1x1 convolutions the
-            // project's kernels do not take (aarch64).
+            // project's kernels do not take (aarch64 at one thread).
             if e.q_params.is_some() {
                 return Err("a quantised EinSum".into());
             }

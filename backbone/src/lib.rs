@@ -386,14 +386,15 @@ impl Backbone {
         let channel_last = rewrites == Rewrites::Project && !switched_off(TRACT_NCHW);
         let mut lowered = vec![];
         if channel_last {
-            let dense = crate::ops::pointwise::wanted() && !switched_off(TRACT_DENSE);
+            let kernels = crate::kernels::serve();
+            let dense = kernels && !switched_off(TRACT_DENSE);
             let matvec = !switched_off(TRACT_MATVEC);
             // Before `conv_nhwc`, which would lower these convolutions to
             // tract's own ops.
             if dense {
                 crate::ops::im2col::rewrite(&mut typed).map_err(load)?;
             }
-            if crate::ops::depthwise::wanted() && !switched_off(TRACT_DEPTHWISE) {
+            if kernels && !switched_off(TRACT_DEPTHWISE) {
                 crate::ops::depthwise::rewrite(&mut typed).map_err(load)?;
             }
             lowered = compiled::lowered_depthwise(&typed);

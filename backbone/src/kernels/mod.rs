@@ -1,11 +1,14 @@
-//! Which vector unit the kernels use: the one place the CPU is asked.
+//! Which kernels a load picks and which vector unit they use: the one
+//! place the CPU is asked.
 //!
 //! Every kernel of the crate (the [`crate::kernels::simd`] loops, the depthwise and
 //! pointwise convolutions) is built once per x86-64 vector width and picks
-//! one per call with [`Isa::best`]. Tests run each kernel under every
+//! one per call with [`Isa::best`]; on aarch64 the one build is the plain
+//! loops, which the compiler vectorises for NEON. Tests run each kernel under every
 //! [`Isa::available`] width with [`Isa::capped`], so a machine with AVX-512
 //! also checks the AVX2 and portable builds another machine would run, and
-//! the tests' output says which widths ran.
+//! the tests' output says which widths ran. Whether the convolutions
+//! replace tract's at all is [`serve`]'s call.
 
 pub mod parts;
 pub mod simd;
@@ -21,6 +24,34 @@ pub enum Isa {
     Avx2,
     /// AVX-512F (with FMA).
     Avx512,
+}
+
+/// Whether a graph loaded now has the project's convolution kernels in
+/// place of tract's.
+///
+/// On x86-64 with AVX2 and FMA, or AVX-512, they always do: tract has no
+/// depthwise vector kernel there, and its 1x1 products write channel-last
+/// tiles a scalar at a time. On aarch64 tract's kernels are hand-written
+/// NEON, and it runs them on the calling thread (its pool is not linked,
+/// [`parts`]); the project's are what split a frame over cores, so they
+/// replace tract's where the load asks for more than one thread
+/// ([`parts::threads`] when the backbone is loaded) and tract's keep the
+/// one-thread default. Elsewhere (an x86-64 without AVX2) tract's run.
+pub fn serve() -> bool {
+    if cfg!(target_arch = "aarch64") {
+        return parts::threads() > 1;
+    }
+    Isa::detected() > Isa::Portable
+}
+
+/// The kernel set a load picks now, as the compiled graph's fingerprint
+/// names it: `tract` where [`serve`] says no, else the widest [`Isa`].
+pub fn set_name() -> &'static str {
+    if serve() {
+        Isa::detected().name()
+    } else {
+        "tract"
+    }
 }
 
 thread_local! {

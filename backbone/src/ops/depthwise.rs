@@ -394,12 +394,6 @@ pub(crate) fn window(spec: &PoolSpec, input: [usize; 2]) -> Option<Window> {
     Some(Window { stride, pad_before, pad_after, output })
 }
 
-/// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and
-/// FMA or AVX-512, where tract has no depthwise vector kernel.
-pub fn wanted() -> bool {
-    crate::kernels::Isa::detected() > crate::kernels::Isa::Portable
-}
-
 /// Replaces every depthwise `Conv` of a channel-first typed graph with
 /// [`DepthwiseNhwc`] between two axis moves (channels last, then back),
 /// as tract's `conv_nhwc` transform does with its own op, so that the same

@@ -513,12 +513,6 @@ fn gather_column(run: &mut [f32], band: &[f32], cols: usize, o: usize) {
     }
 }
 
-/// Whether [`rewrite`] replaces anything on this CPU: x86-64 with AVX2 and
-/// FMA or AVX-512 (elsewhere tract's kernels were not measured against it).
-pub fn wanted() -> bool {
-    crate::ops::depthwise::wanted()
-}
-
 /// The node's op if it is a Silu, or an Add of a constant shaped `bias`
 /// (unit axes but `o`), or an Add of another wire.
 enum Follower {
