@@ -73,3 +73,32 @@ fn a_backbone_loaded_for_threads_gives_tracts_features() {
         }
     }
 }
+
+/// A device with `--threads 2` writes its compiled graph from a split load
+/// and boots from it to the same bits; the bytes name the kernel set, so
+/// where a one-thread load would pick other kernels (aarch64) they are
+/// refused there, and that boot loads the ONNX instead.
+#[test]
+fn a_split_load_boots_from_its_compiled_graph_to_the_same_bits() {
+    use gaussedge_backbone::{BackboneError, CompiledError};
+    let b = b0();
+    let (shape, layers, source) = ([1, 3, 64, 64], &b.manifest.layers, gaussedge_bundle::sha256(&b.onnx));
+    let (from_onnx, compiled) =
+        Backbone::with_threads(2, || Backbone::load_and_compile(&b.onnx, shape, layers, source)).unwrap();
+    let compiled = compiled.expect("b0's split graph compiles");
+    let from_bytes = Backbone::with_threads(2, || Backbone::load_compiled(&compiled, shape, layers, source)).unwrap();
+    let x = frame(&from_onnx);
+    let (a, c) = Backbone::with_threads(2, || (from_onnx.features(&x).unwrap(), from_bytes.features(&x).unwrap()));
+    assert!(a.iter().any(|v| *v != 0.0));
+    let differ = a.iter().zip(&c).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+    assert_eq!(differ, 0, "{differ} of {} features differ", a.len());
+    let one_thread = Backbone::load_compiled(&compiled, shape, layers, source);
+    if Backbone::with_threads(2, kernels::set_name) == kernels::set_name() {
+        assert!(one_thread.is_ok());
+    } else {
+        assert!(
+            matches!(one_thread, Err(BackboneError::Compiled(CompiledError::Build { .. }))),
+            "a one-thread boot took a split load's bytes"
+        );
+    }
+}
