@@ -325,8 +325,8 @@ struct TrainArgs {
     randaugment: Option<crate::randaugment::RandAugment>,
     /// Start from this finished checkpoint's weights instead of a random
     /// network (a warm restart: the schedule runs again from --lr). Its
-    /// dataset, classes, size and network must match this run's; the
-    /// manifest records its weights' SHA-256.
+    /// dataset, classes and network must match this run's (the input
+    /// size may differ); the manifest records its weights' SHA-256.
     #[arg(long, value_name = "DIR")]
     init_from: Option<PathBuf>,
     /// Use the tiny test variant of the network.

@@ -575,15 +575,12 @@ fn starting_point(
             classes
         );
     }
-    if state.recipe.size != recipe.size || state.recipe.arch != recipe.arch {
-        bail!(
-            "{} holds another network (input {}, {:?}); this run builds input {}, {:?}",
-            dir.display(),
-            state.recipe.size,
-            state.recipe.arch,
-            recipe.size,
-            recipe.arch
-        );
+    // The input size may differ: the network is convolutions and a global
+    // pool, so the same weights run at any size, and a leg at a larger
+    // size than the first is the usual way to spend more compute on a
+    // network's late blocks, whose planes a small input shrinks to 1x1.
+    if state.recipe.arch != recipe.arch {
+        bail!("{} holds another network ({:?}); this run builds {:?}", dir.display(), state.recipe.arch, recipe.arch);
     }
     let bytes = std::fs::read(dir.join(WEIGHTS_FILE))
         .with_context(|| format!("reading {}", dir.join(WEIGHTS_FILE).display()))?;

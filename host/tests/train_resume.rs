@@ -123,9 +123,17 @@ fn warm_start_extends_a_finished_run_and_checks_what_it_starts_from() {
     let err = train(&renamed).err().expect("another start refused");
     assert!(err.to_string().contains("drop --init-from"), "{err}");
 
-    // Another network (other classes) cannot seed this one.
+    // Another network (other classes, or another architecture) cannot
+    // seed this one; the same network at another input size can.
     let err = warm_start_of(base.path(), DatasetKind::Cifar10, &[0, 1], &second.recipe).err().unwrap();
     assert!(err.to_string().contains("was trained on"), "{err}");
+    let mut other = second.recipe.clone();
+    other.arch = ArchConfig::b0(3);
+    let err = warm_start_of(base.path(), DatasetKind::Cifar10, &[0, 1, 2], &other).err().unwrap();
+    assert!(err.to_string().contains("holds another network"), "{err}");
+    let mut larger = second.recipe.clone();
+    larger.size *= 2;
+    assert_eq!(warm_start_of(base.path(), DatasetKind::Cifar10, &[0, 1, 2], &larger).unwrap().after_epochs, 3);
     // Weights that changed since the recipe named them are refused.
     let weights = base.path().join("model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
