@@ -661,11 +661,14 @@ fn pointwise_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Poi
 /// squeeze-excitation's products, a pixel a view: a six-pixel tile
 /// computed three times the rows it kept; four took 0.64-0.99 of its
 /// time in five profiled rounds, median 0.80), six elsewhere; as many
-/// channels as fill twelve vector registers. (A tile of eight pixels,
-/// spanning a two-view frame's 2x2 planes so that their weights stream
-/// once a frame rather than once a view, ran 15-28 times slower as
-/// 8x32 and as 8x16: `band_body` does not keep eight rows of sums in
-/// registers. It would need the kernel written with intrinsics.)
+/// channels as fill twelve vector registers. (Tried in session 24: a
+/// tile of eight pixels spanning a two-view frame's 2x2 planes, so that
+/// their weights stream once a frame rather than once a view. Written as
+/// `band_body` is, eight rows of sums stay in memory, 15-28 times slower;
+/// kept as two arrays of four rows they stay in registers, and the 8x32
+/// tile then ran the 2x2 expansions at 1.14-1.24 times the time of two
+/// 4x48 tiles in three profiled rounds. Those layers are not bound by
+/// streaming their weights.)
 fn tile_for(pixels: usize) -> (usize, usize) {
     let lanes = if crate::kernels::Isa::detected() == crate::kernels::Isa::Avx512 { 16 } else { 8 };
     if pixels <= 4 || pixels <= 16 && pixels.is_multiple_of(4) {
