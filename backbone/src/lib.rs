@@ -440,7 +440,10 @@ impl Backbone {
     /// operators and the small channel-last ones stay on the calling
     /// thread. A device with spare cores can
     /// trade them for latency; the features are the same bits at every
-    /// count, and the head does not use them.
+    /// count, and the head does not use them. Set it before loading: on
+    /// aarch64 the count at load decides whether the project's kernels
+    /// replace tract's at all ([`kernels::serve`]), and their features
+    /// are tract's within 1e-5, not its bits.
     pub fn set_threads(threads: usize) {
         kernels::parts::set_threads(threads);
     }
