@@ -253,8 +253,8 @@ impl Pointwise {
 
     /// [`run_into`](Self::run_into) over `threads` parts (one: inline, in
     /// order). The units are the register tiles, and where a layer has too
-    /// few of them to go round (the late blocks' 2x2 and 4x4 planes, whose
-    /// time is streaming their weights) each tile's output channels too,
+    /// few of them to go round (the late blocks' 2x2 and 4x4 planes, one
+    /// or a few tiles of many output channels) each tile's output channels too,
     /// in groups of whole blocks. Each unit computes its band in place
     /// where the band is one run of the output, else into scratch, and
     /// writes each value once; a value's arithmetic is the same at every
